@@ -23,10 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from discovery.data import load_frame
 from discovery.executors import FitData, FitJob, FitOutcome, constants_json, make_executor
 from discovery.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options
+from discovery.identifiability import redundant_constants, screening_rows
 from discovery.law import Law, LawError, parse_law
 from discovery.population import Member, Population, pareto_front
 from discovery.proposers.base import (BudgetExhausted, Candidate, Proposal, ProposalContext, Proposer, Rejection,
                                       Survivor)
+from discovery.shape import SHAPE_KEPT, shape_of
 from discovery.store import Store
 from discovery.summaries import data_summary, residual_summary
 from discovery.tasks import ConstantSpec, Task, load_task
@@ -154,7 +156,9 @@ class Campaign:
                                    tol=1e-6, time_limit=settings.fit_time_limit)
         self.population = Population(settings.islands, settings.population)
         self._fit_data = FitData(self.task.symbols, self.task.targets, self.protocol.fit_part,
-                                 self.protocol.validation)
+                                 self.protocol.validation, self.task.shape_priors())
+        self._screen_rows = screening_rows(self.protocol.fit_part)
+        self._screened: dict[str, str | None] = {}
         self._executor = None
         self.members: dict[int, Member] = {}
         self.progress = Progress(generations=settings.generations)
@@ -174,7 +178,8 @@ class Campaign:
     def _member_from_row(self, row) -> Member | None:
         if row is None or row["status"] not in ("evaluated", "failed") or row["val_nmse"] is None:
             return None
-        return Member(int(row["id"]), row["canonical_hash"], float(row["val_nmse"]), int(row["complexity"]))
+        return Member(int(row["id"]), row["canonical_hash"], float(row["val_nmse"]), int(row["complexity"]),
+                      shape_ok=not row["shape"])
 
     def _plan(self, gen: int, island: int, slot: int, item: Candidate | Rejection,
               batch: dict[str, tuple[int, int]]) -> dict:
@@ -197,6 +202,12 @@ class Campaign:
         info = dict(operation=item.operation, canonical=law.canonical, canonical_hash=law.hash, parents=item.parents,
                     constant_specs=_specs_json(item.constants), rationale=item.rationale,
                     complexity=law.complexity, n_constants=len(law.constants))
+        # Only the grammar's own laws are screened: their variables are scaled to order one, where a rank test
+        # at random starts is reliable. A law in raw units (an LLM's E + A/N**alpha with default starts) can
+        # look rank-deficient when it is only badly scaled; the fitter copes with that, the screen would not.
+        screened = self._screen(law, item.constants) if item.proposer == "offline" else None
+        if screened:
+            return {"kind": "write", "common": common, "info": info, "status": "rejected", "reason": screened}
         original = self.store.evaluated_by_hash(law.hash)
         if original is not None:  # the fit cache: a law is never fitted twice in a run
             return {"kind": "write", "common": common, "info": info, "status": "duplicate",
@@ -208,6 +219,12 @@ class Campaign:
         job = FitJob(law.text, item.constants, self.fit_opts, self.settings.fit_time_limit,
                      tuple(self.settings.fit_recipes))
         return {"kind": "fit", "common": common, "info": info, "job": job, "law": law}
+
+    def _screen(self, law: Law, specs: dict[str, ConstantSpec] | None) -> str | None:
+        """Why a parsed law is not worth a fit (redundant constants on the fit rows), or None; memoised."""
+        if law.hash not in self._screened:
+            self._screened[law.hash] = redundant_constants(law, self._screen_rows, specs, seed=int(law.hash[:8], 16))
+        return self._screened[law.hash]
 
     def _write(self, plan: dict, outcome: FitOutcome | None) -> Member | None:
         if plan["kind"] == "existing":
@@ -223,12 +240,12 @@ class Campaign:
             **plan["common"], **plan["info"], status=status, reason="; ".join(outcome.failures)[:300] or None,
             fit=dict(constants=outcome.constants, status="ok" if outcome.ok else "failed", val_r2=outcome.val_r2,
                      val_nmse=outcome.val_nmse, val_nmae=outcome.val_nmae, fit_seconds=outcome.seconds,
-                     recipe=outcome.recipe))
+                     recipe=outcome.recipe, shape=outcome.shape))
         self._count(status)
         law = plan["law"]
-        if outcome.val_r2 > self.progress.best_val_r2:
+        if outcome.shape is None and outcome.val_r2 > self.progress.best_val_r2:
             self.progress.best_val_r2, self.progress.best_formula = outcome.val_r2, law.text
-        return Member(cid, law.hash, outcome.val_nmse, law.complexity)
+        return Member(cid, law.hash, outcome.val_nmse, law.complexity, shape_ok=outcome.shape is None)
 
     def _count(self, status: str) -> None:
         if status in ("evaluated", "failed"):
@@ -258,7 +275,7 @@ class Campaign:
         first = next(iter(fitted.values()), {})
         return Survivor(id=m.id, formula=row["formula"], canonical=row["canonical"] or "", complexity=m.complexity,
                         n_constants=row["n_constants"] or 0, val_r2=row["val_r2"], val_nmse=row["val_nmse"],
-                        constants=first, constant_specs=_specs_from_json(row["constant_specs"]))
+                        constants=first, constant_specs=_specs_from_json(row["constant_specs"]), shape=row["shape"])
 
     def _contexts(self, gen: int) -> list[ProposalContext]:
         # Only what earlier generations produced: a resumed generation must see exactly what it saw first.
@@ -276,18 +293,23 @@ class Campaign:
             contexts.append(ProposalContext(
                 task=self.task, generation=gen, island=island, n=self.settings.children,
                 seed=_seed_for(self.settings.seed, gen, island) % (2**32), survivors=survivors,
-                rejections=rejections, residuals=residuals, data_summary=self._summary, seen_hashes=seen))
+                rejections=rejections, residuals=residuals, data_summary=self._summary, seen_hashes=seen,
+                screen=self._screen))
         return contexts
 
     def _residuals(self, best: Member) -> str:
         """Where the best law errs on train, from its stored fit-part constants (no refit)."""
         row = self.store.candidate(best.id)
         law = parse_law(row["formula"], self.task.symbols)
+        return residual_summary(self.task, law, self._search_fit(row, law), self.protocol.train)
+
+    def _search_fit(self, row, law: Law) -> LawFit:
+        """The constants a candidate was validated with (fitted on the fit part), from the store."""
         fits = {}
-        for key, consts in json.loads(row["fitted"]).items():
+        for key, consts in json.loads(row["fitted"] or "{}").items():
             group, t = key.rsplit("|", 1)
             fits[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
-        return residual_summary(self.task, law, LawFit(law, self.task.targets, fits), self.protocol.train)
+        return LawFit(law, self.task.targets, fits)
 
     # --- the loop -----------------------------------------------------------------------------
     def _restore(self) -> int:
@@ -393,18 +415,21 @@ class Campaign:
             result = {"task": self.task.name, "status": "no law evaluated", "stop_reason": stop_reason}
             (self.run_dir / "best.json").write_text(json.dumps(result, indent=2))
             return result
-        best = min(everyone, key=lambda m: (m.fitness, m.id))
+        best = min(everyone, key=lambda m: m.rank)
         front = pareto_front(everyone)
         if best not in front:
             front.append(best)
         test = self.protocol.final_test(purpose="campaign final report: Pareto front and human law")
-        final_opts = FitOptions(seed=self.settings.seed)
+        # The refit continues from the constants each law was validated with (plus its own initial values),
+        # with the full refinement: the law that was selected is the law that is reported, not another basin
+        # of it that a fresh multi-start search on more rows might jump to.
+        final_opts = FitOptions(seed=self.settings.seed, n_starts=1)
         reports = []
         for m in sorted(front, key=lambda m: m.complexity):
             row = self.store.candidate(m.id)
             law = parse_law(row["formula"], self.task.symbols)
             fit = fit_law(law, self.protocol.train, self.task.targets, _specs_from_json(row["constant_specs"]),
-                          recipe_options(final_opts, row["recipe"] or "linear"))
+                          recipe_options(final_opts, row["recipe"] or "linear"), warm=self._search_fit(row, law))
             t = score(test.Y, fit.predict(test))
             self.store.add_final(m.id, "best" if m.id == best.id else "pareto", constants_json(fit),
                                  "ok" if fit.ok else "failed", t.as_dict())
@@ -428,8 +453,10 @@ class Campaign:
             "wall_seconds": round(float(meta.get("search_seconds", 0.0)), 2),
             "llm": {"calls": usage["calls"], "cached": usage["cached"], "prompt_tokens": usage["prompt_tokens"],
                     "completion_tokens": usage["completion_tokens"], "cost_usd": round(usage["cost_usd"], 6)},
-            "how": ("candidates fitted on the fit part of train and selected on the validation slice (largest-scale "
-                    "train rows per group); the Pareto front was refit on all of train and scored once on test."),
+            "how": ("Candidates were fitted on the fit part of train and selected on the validation slice "
+                    "(largest-scale train rows per group, or every 5th row for an interpolation split); the Pareto "
+                    "front was refit on all of train (starting from the validated constants) and scored once on "
+                    "test."),
         }
         tmp = self.run_dir / "best.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, default=float))
@@ -455,6 +482,7 @@ class Campaign:
                           for g in groups for t in range(len(self.task.targets))},
             "validation": {"r2": row["val_r2"], "nmse": row["val_nmse"], "nmae": row["val_nmae"],
                            "fitted_on": "fit part of train"},
+            "shape": row["shape"] or (SHAPE_KEPT if self.task.shape_priors() else None),
             "test": {"r2": test.r2, "nmse": test.nmse, "nmae": test.nmae, "fitted_on": "all of train"},
         }
 
@@ -467,7 +495,9 @@ class Campaign:
             for variant, tf in test_fits.items():
                 v = score(self.protocol.validation.Y, val_fits[variant].predict(self.protocol.validation))
                 t = score(test.Y, tf.predict(test))
+                shape = shape_of(val_fits[variant], self.protocol.train, self.task.shape_priors())
                 out.append({"law": human.name, "formula": human.formula, "constants_from": variant,
                             "complexity": law.complexity, "n_constants": len(law.constants),
-                            "validation": v.as_dict(), "test": t.as_dict(), "published_r2": human.published.r2})
+                            "validation": v.as_dict(), "test": t.as_dict(), "published_r2": human.published.r2,
+                            "shape": shape or (SHAPE_KEPT if self.task.shape_priors() else None)})
         return out

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from discovery.shape import SHAPE_KEPT
 from discovery.tasks import TaskError, list_tasks, load_task
 
 console = Console()
@@ -178,19 +179,21 @@ def _progress_panel(p) -> Table:
 
 
 def _final_table(result: dict) -> Table:
-    table = Table(title=f"{result['task']}: discovered vs human (validation: fit part → largest-scale train slice; "
-                        "test: refit on all of train)")
-    for col in ("law", "formula", "constants", "complexity", "R² validation", "R² test", "NMSE test", "NMAE test"):
+    table = Table(title=f"{result['task']}: discovered vs human. {result.get('how', '')}")
+    columns = ["law", "formula", "constants", "complexity", "R² validation", "R² test", "NMSE test", "NMAE test"]
+    with_shape = any(r.get("shape") for r in [*result["pareto_front"], *result["human"]])
+    for col in columns + (["shape priors"] if with_shape else []):
         table.add_column(col, overflow="fold")
     best = result["best"]
-    for r in result["pareto_front"]:
-        tag = "best (discovered)" if r["id"] == best["id"] else f"Pareto #{r['id']}"
-        table.add_row(tag, r["formula"], str(r["n_constants"]), str(r["complexity"]), _num(r["validation"]["r2"]),
-                      _num(r["test"]["r2"]), _num(r["test"]["nmse"]), _num(r["test"]["nmae"]))
-    for h in result["human"]:
-        table.add_row(f"human: {h['law']} ({h['constants_from']})", h["formula"], str(h["n_constants"]),
-                      str(h["complexity"]), _num(h["validation"]["r2"]), _num(h["test"]["r2"]),
-                      _num(h["test"]["nmse"]), _num(h["test"]["nmae"]))
+    rows = [("best (discovered)" if r["id"] == best["id"] else f"Pareto #{r['id']}", r)
+            for r in result["pareto_front"]]
+    rows += [(f"human: {h['law']} ({h['constants_from']})", h) for h in result["human"]]
+    for tag, r in rows:
+        cells = [tag, r["formula"], str(r["n_constants"]), str(r["complexity"]), _num(r["validation"]["r2"]),
+                 _num(r["test"]["r2"]), _num(r["test"]["nmse"]), _num(r["test"]["nmae"])]
+        if with_shape:
+            cells.append("kept" if r.get("shape") == SHAPE_KEPT else (r.get("shape") or ""))
+        table.add_row(*cells)
     return table
 
 

@@ -28,6 +28,11 @@ class Dataset:
         return Dataset(self.X[mask], self.Y[mask], self.groups[mask], self.rows[mask], split or self.split)
 
     @classmethod
+    def concat(cls, a: "Dataset", b: "Dataset", split: str = "train") -> "Dataset":
+        return cls(np.vstack([a.X, b.X]), np.vstack([a.Y, b.Y]), np.concatenate([a.groups, b.groups]),
+                   np.concatenate([a.rows, b.rows]), split)
+
+    @classmethod
     def from_frame(cls, frame: pd.DataFrame, columns: list[str], targets: list[str], split: str) -> "Dataset":
         return cls(
             X=frame[columns].to_numpy(dtype=float),

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 from discovery.dataset import Dataset
 from discovery.fit import RECIPES, FitOptions, LawFit, fit_law, recipe_options
 from discovery.law import parse_law
+from discovery.shape import ShapePriors, shape_of
 from discovery.tasks import ConstantSpec
 from evaluators.metrics import score
 
@@ -35,6 +36,7 @@ class FitData:
     targets: list[str]
     fit_part: Dataset
     validation: Dataset
+    priors: ShapePriors = ShapePriors()  # the task's shape priors, checked on every fitted law
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class FitOutcome:
     val_nmae: float
     seconds: float
     recipe: str = "linear"
+    shape: str | None = None  # which shape prior the fitted law breaks, if any (see discovery.shape)
 
 
 def constants_json(fit: LawFit) -> dict:
@@ -66,8 +69,8 @@ def constants_json(fit: LawFit) -> dict:
 def run_fit(data: FitData, job: FitJob) -> FitOutcome:
     """Fit one law on the fit part and score it on validation (pure: same input, same output).
 
-    Each recipe (see fit.RECIPES) is tried; the one with the lowest validation NMSE is kept. Log recipes are
-    skipped when a target is not positive.
+    Each recipe (see fit.RECIPES) is tried; a fit that keeps the task's shape priors beats one that breaks
+    them, then the lowest validation NMSE wins. Log recipes are skipped when a target is not positive.
     """
     law = parse_law(job.formula, data.symbols)
     positive = bool((data.fit_part.Y > 0).all())
@@ -80,8 +83,10 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
                       total_time_limit=job.total_time_limit)
         seconds += fit.seconds
         val = score(data.validation.Y, fit.predict(data.validation))
-        if best is None or (fit.ok, -val.nmse) > (best.ok, -best.val_nmse):
-            best = FitOutcome(constants_json(fit), fit.ok, fit.failures, val.r2, val.nmse, val.nmae, 0.0, recipe)
+        shape = shape_of(fit, Dataset.concat(data.fit_part, data.validation), data.priors)
+        if best is None or (fit.ok, shape is None, -val.nmse) > (best.ok, best.shape is None, -best.val_nmse):
+            best = FitOutcome(constants_json(fit), fit.ok, fit.failures, val.r2, val.nmse, val.nmae, 0.0, recipe,
+                              shape)
     assert best is not None, "at least one recipe applies (linear always does)"
     best.seconds = seconds
     return best

@@ -295,11 +295,14 @@ def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, Constant
 
 
 def fit_law(law: Law, data: Dataset, targets: list[str], specs: dict[str, ConstantSpec] | None = None,
-            opts: FitOptions | None = None, total_time_limit: float | None = None) -> LawFit:
+            opts: FitOptions | None = None, total_time_limit: float | None = None,
+            warm: LawFit | None = None) -> LawFit:
     """Fit constants separately for every group and target of `data`.
 
     Each group also tries the previous group's solution as a start (sibling groups of one task tend to
-    share constants). `total_time_limit` bounds the whole law, across groups.
+    share constants), or, given `warm`, that fit's solution for the same group and target (a refit on
+    rows that include the ones it was fitted on, as in the final refit). `total_time_limit` bounds the whole
+    law, across groups.
     """
     opts = opts or FitOptions()
     t0 = time.perf_counter()
@@ -309,7 +312,9 @@ def fit_law(law: Law, data: Dataset, targets: list[str], specs: dict[str, Consta
         previous = None
         for g in data.group_names:
             mask = data.groups == g
-            fit = fit_group(law, data.X[mask], data.Y[mask, t], specs, opts, warm_start=previous, deadline=deadline)
+            own = warm.fits.get((g, t)) if warm is not None else None
+            start = own.theta if own is not None and own.ok else previous
+            fit = fit_group(law, data.X[mask], data.Y[mask, t], specs, opts, warm_start=start, deadline=deadline)
             fits[(g, t)] = fit
             if fit.ok:
                 previous = fit.theta

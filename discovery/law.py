@@ -371,7 +371,9 @@ def parse_law(
         raise LawError("formula has no fittable constant")
     if max_constants is not None and len(used_consts) > max_constants:
         raise LawError(f"formula has {len(used_consts)} constants; this task allows at most {max_constants}")
-    canon_expr, mapping = _canonical_rename(expr, used_consts)
+    # exp(a)*exp(b) and exp(a + b) are one law: combine exponentials before naming (hash only; the law
+    # is still fitted as written)
+    canon_expr, mapping = _canonical_rename(sp.powsimp(expr, combine="exp", deep=True), used_consts)
     canonical = sp.sstr(canon_expr, order="lex")
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     order = sorted(used_consts, key=lambda c: int(mapping[c].name[1:]))

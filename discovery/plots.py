@@ -296,7 +296,8 @@ def history(run_dir: Path) -> Figure:
     e = [1 - r["best_val_r2"] for r in gens if r["best_val_r2"] is not None]
     top = max(2.0, 10 * max(e, default=1.0))
     _clipped_scatter(ax, cg + jitter, ce, top, "candidates")
-    ax.plot(g, e, marker="o", color="C0", label="best so far (selection fitness: NMSE + complexity penalty)")
+    ax.plot(g, e, marker="o", color="C0",
+            label="best so far (selection: shape priors kept, then NMSE with a complexity penalty)")
     if len(e) and min(e) > 0:
         ax.set_yscale("log")
         ax.set_ylim(top=top)

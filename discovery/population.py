@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PARSIMONY = 1e-4  # validation NMSE a unit of complexity must buy
+# A unit of complexity must buy this share of validation NMSE. Relative, so it weighs the same on a task
+# fitted to NMSE 1e-4 (where an absolute penalty would swamp real gains) as on one fitted to 0.3.
+PARSIMONY = 0.005
 
 
 @dataclass(frozen=True)
@@ -19,17 +21,26 @@ class Member:
     hash: str
     val_nmse: float
     complexity: int
+    shape_ok: bool = True  # keeps the task's shape priors (see discovery.shape)
 
     @property
     def fitness(self) -> float:
-        """Lower is better: validation NMSE with a light penalty on size; failures are worst."""
+        """Lower is better: validation NMSE with a light relative penalty on size; failures are worst."""
         if not math.isfinite(self.val_nmse):
             return math.inf
-        return self.val_nmse + PARSIMONY * self.complexity
+        return self.val_nmse * (1 + PARSIMONY * self.complexity)
+
+    @property
+    def rank(self) -> tuple[bool, float, int]:
+        """Selection order: laws that keep the shape priors first, then fitness, then age."""
+        return (not self.shape_ok, self.fitness, self.id)
 
 
 def pareto_front(members: list[Member]) -> list[Member]:
-    """Members not beaten on both validation error and complexity, sorted by complexity."""
+    """Members not beaten on both validation error and complexity, sorted by complexity.
+
+    Only laws that keep the shape priors compete, unless none does."""
+    members = [m for m in members if m.shape_ok] or members
     ok = sorted((m for m in members if math.isfinite(m.val_nmse)), key=lambda m: (m.complexity, m.val_nmse, m.id))
     front: list[Member] = []
     best = math.inf
@@ -52,10 +63,10 @@ class Population:
 
     def best(self) -> Member | None:
         everyone = [m for isl in self.islands for m in isl]
-        return min(everyone, key=lambda m: (m.fitness, m.id)) if everyone else None
+        return min(everyone, key=lambda m: m.rank) if everyone else None
 
     def ranked(self, island: int) -> list[Member]:
-        return sorted(self.islands[island], key=lambda m: (m.fitness, m.id))
+        return sorted(self.islands[island], key=lambda m: m.rank)
 
     def parents(self, island: int, k: int, rng: np.random.Generator) -> list[Member]:
         """k tournament winners (with replacement across tournaments)."""
@@ -65,14 +76,14 @@ class Population:
         out = []
         for _ in range(k):
             picks = rng.choice(len(pool), size=min(self.tournament, len(pool)), replace=False)
-            out.append(min((pool[i] for i in picks), key=lambda m: (m.fitness, m.id)))
+            out.append(min((pool[i] for i in picks), key=lambda m: m.rank))
         return out
 
     def admit(self, island: int, newcomers: list[Member], rng: np.random.Generator) -> None:
         """Merge newcomers, drop duplicate laws, keep the elite and fill the rest by tournament."""
         seen: set[str] = set()
         pool: list[Member] = []
-        for m in sorted(self.islands[island] + newcomers, key=lambda m: (m.fitness, m.id)):
+        for m in sorted(self.islands[island] + newcomers, key=lambda m: m.rank):
             if m.hash not in seen:
                 seen.add(m.hash)
                 pool.append(m)
@@ -83,9 +94,9 @@ class Population:
         rest = pool[self.elite:]
         while len(keep) < self.size and rest:
             picks = rng.choice(len(rest), size=min(self.tournament, len(rest)), replace=False)
-            winner = min(picks, key=lambda i: (rest[i].fitness, rest[i].id))
+            winner = min(picks, key=lambda i: rest[i].rank)
             keep.append(rest.pop(int(winner)))
-        self.islands[island] = sorted(keep, key=lambda m: (m.fitness, m.id))
+        self.islands[island] = sorted(keep, key=lambda m: m.rank)
 
     def migrate(self, generation: int) -> None:
         """Every few generations each island sends copies of its best to the next island (a ring)."""

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS fits (
     status TEXT NOT NULL, reason TEXT,
     val_r2 REAL, val_nmse REAL, val_nmae REAL,
     fit_seconds REAL,
-    recipe TEXT                      -- the fitting recipe validation chose (see fit.RECIPES)
+    recipe TEXT,                     -- the fitting recipe validation chose (see fit.RECIPES)
+    shape TEXT                       -- the shape prior the fitted law breaks, NULL if none (discovery.shape)
 );
 CREATE TABLE IF NOT EXISTS llm_calls (
     id INTEGER PRIMARY KEY,
@@ -75,6 +76,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "shape" not in {r["name"] for r in self.db.execute("PRAGMA table_info(fits)")}:
+            self.db.execute("ALTER TABLE fits ADD COLUMN shape TEXT")  # a run stored before shape priors
 
     def close(self) -> None:
         self.db.close()
@@ -104,7 +107,7 @@ class Store:
     # --- candidates ----------------------------------------------------------------------
     def slot(self, generation: int, island: int, slot: int) -> sqlite3.Row | None:
         return self.db.execute(
-            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status "
+            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.shape "
             "FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id "
             "WHERE generation = ? AND island = ? AND slot = ?", (generation, island, slot)).fetchone()
 
@@ -124,9 +127,11 @@ class Store:
                  rationale, status, reason, complexity, n_constants, time.time()))
             cid = int(cur.lastrowid)
             if fit is not None:
-                db.execute("INSERT INTO fits VALUES (?,?,?,?,?,?,?,?,?)",
+                db.execute("INSERT INTO fits (candidate_id, constants, status, reason, val_r2, val_nmse, val_nmae, "
+                           "fit_seconds, recipe, shape) VALUES (?,?,?,?,?,?,?,?,?,?)",
                            (cid, json.dumps(fit["constants"]), fit["status"], fit.get("reason"), fit["val_r2"],
-                            fit["val_nmse"], fit["val_nmae"], fit["fit_seconds"], fit.get("recipe", "linear")))
+                            fit["val_nmse"], fit["val_nmae"], fit["fit_seconds"], fit.get("recipe", "linear"),
+                            fit.get("shape")))
         return cid
 
     def evaluated_by_hash(self, canonical_hash: str) -> sqlite3.Row | None:
@@ -138,11 +143,12 @@ class Store:
 
     def candidate(self, cid: int) -> sqlite3.Row:
         return self.db.execute(
-            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.recipe "
+            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.recipe, "
+            "f.shape "
             "FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id WHERE c.id = ?", (cid,)).fetchone()
 
     def candidates(self, status: str | None = None) -> list[sqlite3.Row]:
-        sql = ("SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae FROM candidates c "
+        sql = ("SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.shape FROM candidates c "
                "LEFT JOIN fits f ON f.candidate_id = c.id")
         if status:
             return self.db.execute(sql + " WHERE c.status = ? ORDER BY c.id", (status,)).fetchall()

@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from discovery.shape import Direction, ShapePriors
+
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 
@@ -33,6 +35,9 @@ class Variable(_Strict):
     unit: str = ""
     meaning: str = ""
     range: tuple[float, float] | None = Field(default=None, description="observed [min, max] over all rows")
+    monotone: Literal["decreasing", "increasing"] | None = Field(
+        default=None, description="known direction of every target as this variable grows, all else fixed "
+                                  "(e.g. loss vs parameters: decreasing); laws that break it rank last")
 
     @field_validator("symbol")
     @classmethod
@@ -127,6 +132,9 @@ class Task(_Strict):
     targets: list[str] = Field(min_length=1)
     variables: list[Variable] = Field(min_length=1)
     constant_limit: int | None = Field(default=None, ge=1, description="max constants per target; none = no limit")
+    target_range: tuple[float, float] | None = Field(
+        default=None, description="[lower, upper] no target can leave by its definition (inf allowed), e.g. "
+                                  "[0, inf] for a loss; laws that predict outside it rank last")
     split: SplitSpec
     converter: str = Field(description="how the origin files become the tidy frame (see discovery/converters.py)")
     sources: list[Source] = Field(min_length=1)
@@ -138,6 +146,8 @@ class Task(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Task":
         symbols = [v.symbol for v in self.variables]
+        if self.target_range is not None and not self.target_range[0] < self.target_range[1]:
+            raise ValueError(f"target_range {list(self.target_range)} must have lower < upper")
         if len(set(symbols)) != len(symbols):
             raise ValueError(f"variable symbols must be unique, got {symbols}")
         for law in self.human_laws:
@@ -153,6 +163,16 @@ class Task(_Strict):
     @property
     def columns(self) -> list[str]:
         return [v.column for v in self.variables]
+
+    def shape_priors(self) -> ShapePriors:
+        """The declared shape priors, by variable position (see discovery.shape)."""
+        directions = tuple(Direction(i, v.symbol, -1 if v.monotone == "decreasing" else 1)
+                           for i, v in enumerate(self.variables) if v.monotone)
+        axis = None  # the range is followed along the scale axis; an interpolation split has none
+        if self.split.validation_rule == "largest":
+            axis = next(((i, v.symbol) for i, v in enumerate(self.variables)
+                         if v.column == self.split.validation_axis), None)
+        return ShapePriors(directions, self.target_range, axis)
 
     def symbol_for_column(self) -> dict[str, str]:
         return {v.column: v.symbol for v in self.variables}

@@ -190,3 +190,9 @@ def test_random_text_never_crashes_the_parser(text):
         return
     assert isinstance(law.expr, sp.Expr)
     assert law.hash and law.canonical
+
+
+def test_products_of_exponentials_and_one_exponential_of_a_sum_are_one_law():
+    a = parse_law("A*exp(r*x)*exp(q*y) + E", ["x", "y"])
+    b = parse_law("E + A*exp(q*y + r*x)", ["x", "y"])
+    assert a.hash == b.hash

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from discovery.tasks import ConstantSpec, Task
+
+if TYPE_CHECKING:
+    from discovery.law import Law
 
 
 class BudgetExhausted(Exception):
@@ -43,6 +47,7 @@ class Survivor:
     val_nmse: float
     constants: dict[str, float] = field(default_factory=dict)  # fitted constants of one representative group
     constant_specs: dict[str, ConstantSpec] | None = None
+    shape: str | None = None  # the task's shape prior this law breaks, if any
 
 
 @dataclass
@@ -57,6 +62,8 @@ class ProposalContext:
     residuals: str = ""  # where the best law errs, in words and numbers
     data_summary: str = ""
     seen_hashes: frozenset[str] = frozenset()  # laws already evaluated in this run (no need to propose again)
+    # why the campaign would reject a parsed law before fitting it (e.g. redundant constants), or None
+    screen: Callable[["Law", dict[str, ConstantSpec] | None], str | None] | None = None
 
 
 @dataclass

@@ -3,10 +3,13 @@
 A genome is a sum of terms (plus an optional offset) over *scaled* variables u = x / ref, where
 ref is a fixed power of ten taken from the variable's declared observed range, so constants are of
 order one. Blocks: power laws, logs and quadratic-in-log terms, exponentials, saturating and
-logistic forms, products of powers, and exp-linear mixtures. Mutations replace, add or drop a term,
-multiply a term by a factor, merge two terms into a product, offset a power's base, make an
-exponent depend on another variable, swap variables, or toggle the offset; crossover mixes the
-terms of two survivors. Everything is seeded; nothing task-specific is written here.
+logistic forms, products of powers, exp-linear mixtures, and powers of an "effective size" (one
+variable grown log-linearly by another, as in effective parameters or effective data). Variables
+that share a unit also give their ratio (tokens / unique tokens = epochs) as one more variable.
+Mutations replace, add or drop a term, multiply a term by a factor, merge two terms into a product,
+offset a power's base, make an exponent depend on another variable, swap variables, or toggle the
+offset; crossover mixes the terms of two survivors. Everything is seeded; nothing task-specific is
+written here.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ EXPONENT = ConstantSpec(init=-0.5, bounds=(-4.0, 4.0))
 RATE = ConstantSpec(init=-1.0, bounds=(-20.0, 20.0))
 POSITIVE_SCALE = ConstantSpec(init=1.0, bounds=(1e-4, 1e4))
 BASE_OFFSET = ConstantSpec(init=0.1, bounds=(0.0, 1e3))
+LOG_GAIN = ConstantSpec(init=0.5, bounds=(0.0, 100.0))
 MAX_TRIES = 30
 OFFSET = "_E"  # internal name of the offset constant (rendered as E, or E0, E1... if a variable is called E)
 
@@ -38,6 +42,14 @@ class ScaledVariable:
     ref: float  # u = x / ref  (1.0 when the variable is not strictly positive)
     positive: bool
     center: float  # middle of the observed range, in scaled units (logistic centers start here)
+    low: float = 1.0  # smallest observed value rounded down to 3 digits, raw units (log(x / low) >= 0 on the data)
+    ratio_of: tuple[str, str] | None = None  # a derived dimensionless variable: numerator / denominator symbols
+
+
+def _round_down(x: float) -> float:
+    """x rounded down to 3 significant digits (a readable lower bound: 5.358e8 -> 5.35e8)."""
+    scale = 10.0 ** (math.floor(math.log10(x)) - 2)
+    return math.floor(x / scale) * scale if x > 0 else x
 
 
 def scaled_variables(task: Task) -> list[ScaledVariable]:
@@ -52,7 +64,25 @@ def scaled_variables(task: Task) -> list[ScaledVariable]:
             mag = max(abs(lo), abs(hi), 1e-12)
             ref = 10.0 ** math.floor(math.log10(mag)) if mag >= 10 else 1.0
             center = (lo + hi) / 2 / ref
-        out.append(ScaledVariable(v.symbol, sp.Symbol(f"U_{v.symbol}", real=True), ref, positive, center))
+        low = _round_down(lo) if positive else 1.0
+        out.append(ScaledVariable(v.symbol, sp.Symbol(f"U_{v.symbol}", real=True), ref, positive, center, low))
+    return out + _ratios(task)
+
+
+def _ratios(task: Task) -> list[ScaledVariable]:
+    """Dimensionless ratios of positive variables that share a unit (tokens / unique tokens = epochs), the
+    larger-ranged one on top. Unscaled: such ratios are of order one to a hundred by nature."""
+    out = []
+    positive = [v for v in task.variables if v.range and v.range[0] > 0 and v.unit.strip()]
+    for i, a in enumerate(positive):
+        for b in positive[i + 1:]:
+            if a.unit.strip().lower() != b.unit.strip().lower():
+                continue
+            top, bottom = (a, b) if math.prod(a.range) >= math.prod(b.range) else (b, a)
+            lo = top.range[0] / bottom.range[1]
+            center = 0.5 * math.log(math.prod(top.range) / math.prod(bottom.range))
+            out.append(ScaledVariable(f"{top.symbol}/{bottom.symbol}", sp.Symbol(f"U_{top.symbol}_per_{bottom.symbol}",
+                                      real=True), 1.0, True, center, _round_down(lo), (top.symbol, bottom.symbol)))
     return out
 
 
@@ -85,7 +115,6 @@ class OfflineProposer(Proposer):
     def __init__(self, task: Task):
         self.task = task
         self.vars = scaled_variables(task)
-        self.by_symbol = {v.symbol: v for v in self.vars}
         self.limit = task.constant_limit or 10
         self.offset_symbol = sp.Symbol(OFFSET, real=True)
 
@@ -95,7 +124,8 @@ class OfflineProposer(Proposer):
         u = v.u
         A = names.new("A", AMPLITUDE, specs)
         if v.positive:
-            kind = rng.choice(["pow", "pow", "pow", "log", "logsq", "exp", "sat", "logistic", "pow2", "explin"])
+            kind = rng.choice(["pow", "pow", "pow", "log", "logsq", "exp", "sat", "logistic", "pow2", "explin",
+                               "effective"])
         else:
             kind = rng.choice(["lin", "quad", "exp", "logistic", "tanh", "explin"])
         if kind == "pow":
@@ -119,8 +149,13 @@ class OfflineProposer(Proposer):
             if kind == "tanh":
                 return A * sp.tanh(slope * (z - center))
             return A / (1 + sp.exp(-slope * (z - center)))
-        if kind == "pow2":  # a product of powers of several variables
-            others = [w for w in self.vars if w.positive and w is not v]
+        others = [w for w in self.vars if w.positive and w is not v]
+        if kind == "effective" and others:  # a power of an "effective size": u grown log-linearly by another variable
+            w = others[int(rng.integers(len(others)))]
+            gain = names.new("k", LOG_GAIN, specs)
+            grown = sp.log(w.u * sp.Rational(repr(w.ref)) / sp.Rational(repr(w.low)))  # log(x / smallest x)
+            return A * (u * (1 + gain * grown)) ** names.new("a", EXPONENT, specs)
+        if kind in ("pow2", "effective"):  # a product of powers of several variables
             k = int(rng.integers(1, len(others) + 1)) if others else 0
             chosen = [others[i] for i in sorted(rng.choice(len(others), size=k, replace=False))] if k else []
             return A * sp.Mul(*[w.u ** names.new("a", EXPONENT, specs) for w in [v, *chosen]])
@@ -153,6 +188,8 @@ class OfflineProposer(Proposer):
             return None
         subs = {}
         for v in self.vars:
+            if v.ratio_of:
+                continue  # a ratio in a survivor reads back as its two variables
             sym = next(x for x in law.variables if x.name == v.symbol)
             subs[sym] = v.u * sp.Rational(repr(v.ref)) if v.ref != 1.0 else v.u
         expr = law.expr.xreplace(subs)
@@ -263,7 +300,7 @@ class OfflineProposer(Proposer):
         counters: dict[str, int] = {}
         rename, out_specs = {}, {}
         for c in consts:
-            role = re.sub(r"^[x_]+", "", c.name).rstrip("0123456789") or "c"
+            role = self._readable_role(re.sub(r"^[x_]+", "", c.name).rstrip("0123456789") or "c")
             k = counters.get(role, 0)
             while True:
                 new = role if (role == "E" and k == 0) else f"{role}{k}"
@@ -274,9 +311,25 @@ class OfflineProposer(Proposer):
             taken.add(new)
             rename[c] = sp.Symbol(new, real=True)
             out_specs[new] = specs[c.name]
-        variables = {v.u: (sp.Symbol(v.symbol, real=True) / sp.Rational(repr(v.ref)) if v.ref != 1.0
-                           else sp.Symbol(v.symbol, real=True)) for v in self.vars}
+        variables = {v.u: self._written(v) for v in self.vars}
         return sp.sstr(expr.xreplace(rename).xreplace(variables)), out_specs
+
+    @staticmethod
+    def _written(v: ScaledVariable) -> sp.Expr:
+        """A scaled variable as it appears in formula text: x / ref, or a ratio of two variables."""
+        if v.ratio_of:
+            top, bottom = (sp.Symbol(s, real=True) for s in v.ratio_of)
+            return top / bottom
+        x = sp.Symbol(v.symbol, real=True)
+        return x / sp.Rational(repr(v.ref)) if v.ref != 1.0 else x
+
+    def _readable_role(self, role: str) -> str:
+        """A constant prefix that cannot be mistaken for a variable: rates are `r0, r1...` unless the task
+        has variables named like that (domain shares r1..r5), then `R0, R1...`."""
+        for prefix in (role, role.upper(), f"{role}_"):
+            if not any(re.fullmatch(rf"{re.escape(prefix)}\d*", v) for v in self.task.symbols):
+                return prefix
+        return f"{role}_"
 
     # --- the proposer interface ------------------------------------------------------------
     def propose(self, contexts: list[ProposalContext]) -> list[Proposal]:
@@ -314,5 +367,7 @@ class OfflineProposer(Proposer):
             if law.hash in seen:
                 continue
             seen.add(law.hash)
+            if ctx.screen is not None and ctx.screen(law, specs):
+                continue  # e.g. redundant constants: the campaign would reject it, so propose another
             out.append(Candidate(formula=text, constants=specs, parents=parents, proposer=self.name, operation=op))
         return Proposal(candidates=out)

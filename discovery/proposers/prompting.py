@@ -75,6 +75,10 @@ def task_card(task: Task) -> str:
         lines.append("Groups: none (one set of constants for all rows).")
     limit = task.constant_limit
     lines.append(f"Constant limit: at most {limit} constants per formula." if limit else "Constant limit: none.")
+    if task.target_range is not None:
+        lo, hi = task.target_range
+        lines.append(f"Target range: by definition the target lies in [{lo:g}, {hi:g}]; a law that predicts outside it "
+                     "(inside the data or when extrapolated) ranks below every law that does not.")
     lines.append("Variables (use these symbols exactly):")
     for v in task.variables:
         desc = f"- {v.symbol}"
@@ -84,6 +88,9 @@ def task_card(task: Task) -> str:
             desc += f" [unit: {v.unit}]"
         if v.range is not None:
             desc += f"; observed range {_num(v.range[0])} to {_num(v.range[1])}"
+        if v.monotone:
+            desc += (f"; known shape: the target is {v.monotone} in {v.symbol}, all else fixed (a law that turns "
+                     f"the other way within 100x beyond the data ranks below every law that does not)")
         lines.append(desc)
     return "\n".join(lines)
 
@@ -97,6 +104,7 @@ def format_survivors(survivors: list[Survivor], limit: int) -> str:
             f"#{s.id}: {s.formula}\n"
             f"    val R2 = {_num(s.val_r2)}, val NMSE = {_num(s.val_nmse)}, "
             f"complexity {s.complexity}, {s.n_constants} constants"
+            + (f"; BREAKS A KNOWN SHAPE: {s.shape}" if s.shape else "")
         )
         if s.constants:
             fitted = ", ".join(f"{k} = {_num(v)}" for k, v in s.constants.items())

@@ -1,0 +1,58 @@
+"""The offline grammar: seeded, readable, and able to reach effective-size and ratio forms on its own."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from discovery.data import load_frame
+from discovery.law import parse_law
+from discovery.proposers.base import ProposalContext
+from discovery.proposers.offline import OfflineProposer
+from discovery.tasks import load_task
+
+
+def _proposals(task_name: str, n: int = 40, seeds: range = range(6)) -> list:
+    task = load_task(task_name)
+    proposer = OfflineProposer(task)
+    out = []
+    for seed in seeds:
+        out += proposer.propose([ProposalContext(task=task, generation=0, island=0, n=n, seed=seed)])[0].candidates
+    return out
+
+
+def test_same_seed_same_proposals():
+    a = [c.formula for c in _proposals("moe_scaling_law", seeds=range(2))]
+    b = [c.formula for c in _proposals("moe_scaling_law", seeds=range(2))]
+    assert a == b and len(set(a)) > 30
+
+
+def test_variables_sharing_a_unit_give_their_ratio():
+    """data_constrained has tokens D and unique tokens U: epochs D/U becomes a variable of the grammar."""
+    formulas = [c.formula for c in _proposals("data_constrained_scaling_law")]
+    assert any("D/U" in f for f in formulas)
+    assert not any("N/U" in f or "N/D" in f for f in formulas)  # parameters and tokens do not share a unit
+    assert not any(re.search(r"\bE/N\b|\bN/E\b", c.formula) for c in _proposals("moe_scaling_law", seeds=range(2)))
+
+
+def test_effective_size_block_stays_positive_on_the_data():
+    """(N*(k*log(P/Pmin) + 1))**a: with k >= 0 the grown size is at least N on every observed row."""
+    task = load_task("parallel_scaling_law")
+    effective = [c for c in _proposals("parallel_scaling_law") if "*log(P) + 1" in c.formula]
+    assert effective
+    frame = load_frame(task)
+    X = frame[task.columns].to_numpy(dtype=float)
+    for c in effective[:5]:
+        law = parse_law(c.formula, task.symbols)
+        gains = [name for name, spec in c.constants.items() if name.startswith("k")]
+        assert gains and all(c.constants[k].bounds[0] == 0.0 for k in gains)
+        theta = np.array([c.constants[x.name].init for x in law.constants])
+        assert np.isfinite(law.predict(X, theta)).all()
+
+
+def test_constants_never_look_like_variables():
+    """Domain mixture's variables are r1..r5, so rates are named R0, R1, ... instead of r0, r1, ..."""
+    task = load_task("domain_mixture_scaling_law")
+    for c in _proposals("domain_mixture_scaling_law", seeds=range(3)):
+        law = parse_law(c.formula, task.symbols)
+        assert not {x.name for x in law.constants} & {f"r{i}" for i in range(10)}

@@ -9,6 +9,8 @@
    tasks of >= 500 train rows (vocab 1080, lr_bsz 2702, sft 504), taken from the runs of (1), are run
    through the serial executor and through `DaskExecutor` with 1 and 2 workers (data scattered once;
    workers warmed up first; cluster start and scatter reported apart as one-off costs per campaign).
+   Dask vs the local pool = (wall_dask2 - wall_pool2) / wall_pool2, the same jobs, generation by generation,
+   on Kepler's own process pool of 2: what the Dask path costs beyond the same parallelism on one machine.
    overhead at 2 workers, end to end = (2 x wall_dask2 - wall_serial) / wall_serial: the worker-seconds
    spent per candidate beyond a serial fit (dispatch, transfer, idle workers at the end of a generation,
    and any CPU the machine's other load takes). Dispatch only: the same with each side's own fit time
@@ -17,6 +19,7 @@
    what the dask path costs beyond the fits themselves, unmoved by other load on the machine.
 
     KEPLER_DATA_DIR=/work/shared/datasets python benchmarks/scaleout.py [--generations 3] [--json out.json]
+    ... --skip-sweep --out DIR --overhead-from RUNS   # the overhead part only, on the fit jobs of finished runs
 """
 from __future__ import annotations
 
@@ -130,7 +133,7 @@ def timed_map(executor, generations) -> tuple[float, list, float]:
 
 
 def overhead(run_dir: Path, repeats: int) -> dict:
-    from discovery.executors import DaskExecutor, SerialExecutor
+    from discovery.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
 
     data, jobs = fit_jobs(run_dir)
     n = sum(map(len, jobs))
@@ -141,6 +144,15 @@ def overhead(run_dir: Path, repeats: int) -> dict:
     row = {"task": data_task(run_dir), "train_rows": len(data.fit_part) + len(data.validation), "candidates": n,
            "generations": len(jobs), "serial_s": t_serial, "serial_cpu_s": cpu_serial,
            "serial_ms_per_candidate": 1000 * t_serial / n}
+    # the same parallelism without Dask: Kepler's own process pool of 2 (the default `--executor local`)
+    pool = LocalPoolExecutor(data, workers=2)
+    try:
+        list(pool.map(jobs[0][:4]))
+        t_pool, out, _ = min((timed_map(pool, jobs) for _ in range(repeats)), key=lambda r: r[0])
+    finally:
+        pool.close()
+    row["pool2_s"] = t_pool
+    row["pool2_identical"] = [(o.constants, o.val_r2) for o in out] == [(o.constants, o.val_r2) for o in ref]
     for workers in (1, 2):
         t0 = time.perf_counter()
         ex = DaskExecutor(data, workers=workers)
@@ -169,11 +181,18 @@ def overhead(run_dir: Path, repeats: int) -> dict:
         row[f"dask{workers}_dispatch_ms_per_candidate"] = 1000 * dispatch / n
         row[f"dask{workers}_dispatch_overhead"] = dispatch / t_serial
     row["speedup_dask2_vs_serial"] = t_serial / row["dask2_s"]
+    # what the Dask path costs beyond the same parallelism on one machine: per candidate, and as a share
+    row["dask2_vs_pool2_overhead"] = (row["dask2_s"] - t_pool) / t_pool
+    row["dask2_vs_pool2_ms_per_candidate"] = 1000 * (row["dask2_s"] - t_pool) / n
     return row
 
 
 def data_task(run_dir: Path) -> str:
-    return run_dir.parent.name
+    con = sqlite3.connect(run_dir / "campaign.sqlite")
+    try:
+        return json.loads(con.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()[0])["task"]
+    finally:
+        con.close()
 
 
 def main() -> int:
@@ -192,6 +211,9 @@ def main() -> int:
     ap.add_argument("--skip-sweep", action="store_true", help="only the overhead part (needs --out from a run)")
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--dask-first", action="store_true", help="run the dask sweep before the one-process sweep")
+    ap.add_argument("--overhead-from", dest="overhead_from",
+                    help="take the overhead part's fit jobs from finished campaigns under DIR/<task>/ (e.g. default-"
+                         "budget runs, ~950 candidates each) instead of the short sweep's runs")
     args = ap.parse_args()
 
     from discovery.executors import require_dask
@@ -221,7 +243,10 @@ def main() -> int:
     for task in OVERHEAD_TASKS:
         if task not in args.tasks or args.skip_overhead:
             continue
-        run_dir = one / task / f"offline-seed{args.seeds.split('-')[0].split(',')[0]}"
+        if args.overhead_from:
+            run_dir = next(Path(args.overhead_from, task).rglob("campaign.sqlite")).parent
+        else:
+            run_dir = one / task / f"offline-seed{args.seeds.split('-')[0].split(',')[0]}"
         print(f"overhead: {task} ...", flush=True)
         rows.append(overhead(run_dir, args.repeats))
     report["overhead"] = rows
@@ -237,18 +262,21 @@ def main() -> int:
         print()
     if rows:
         print("| task | train rows | candidates | serial ms/cand | dask-1 overhead | dask-2 wall s (serial s) | "
+              "dask-2 vs local pool of 2 | "
               "dask-2 overhead, end to end | dask-2 overhead, dispatch only | dask-2 overhead, CPU | dask-2 speed-up | "
               "cluster start + warm-up s | identical |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
             print(f"| {r['task']} | {r['train_rows']} | {r['candidates']} | {r['serial_ms_per_candidate']:.1f} | "
                   f"{100 * r['dask1_overhead']:+.1f}% ({r['dask1_overhead_ms_per_candidate']:+.1f} ms) | "
-                  f"{r['dask2_s']:.2f} ({r['serial_s']:.2f}) | {100 * r['dask2_overhead']:+.1f}% "
+                  f"{r['dask2_s']:.2f} ({r['serial_s']:.2f}) | {100 * r['dask2_vs_pool2_overhead']:+.1f}% "
+                  f"({r['dask2_vs_pool2_ms_per_candidate']:+.1f} ms; pool {r['pool2_s']:.2f} s) | "
+                  f"{100 * r['dask2_overhead']:+.1f}% "
                   f"({r['dask2_overhead_ms_per_candidate']:+.1f} ms) | {100 * r['dask2_dispatch_overhead']:+.1f}% "
                   f"({r['dask2_dispatch_ms_per_candidate']:+.1f} ms) | {100 * r['dask2_cpu_overhead']:+.1f}% "
                   f"({r['dask2_cpu_overhead_ms_per_candidate']:+.1f} ms) | {r['speedup_dask2_vs_serial']:.2f}x | "
                   f"{r['dask2_startup_s']:.1f} + {r['dask2_warmup_s']:.1f} | "
-                  f"{'yes' if r['dask1_identical'] and r['dask2_identical'] else 'NO'} |")
+                  f"{'yes' if r['dask1_identical'] and r['dask2_identical'] and r['pool2_identical'] else 'NO'} |")
     print(f"\nload average (1, 5, 15 min): start {report['load_avg_at_start']}, end {report['load_avg_at_end']}; "
           f"{report['cores']} cores; sweep dirs in {root}")
     if args.json:

@@ -244,9 +244,9 @@ class DaskExecutor:
 
     The campaign's FitData is scattered to every worker once (a worker that joins later fetches it
     from a peer); a task carries only FitJobs (formula text, specs, options). Short fits are sent a
-    few per task so the scheduling round trip (a few ms) stays small beside the fitting: the chunk
+    few per task so the scheduling cost (a few ms per task) stays small beside the fitting: the chunk
     size follows the mean fit time seen so far (one fit per task until there is one), capped so that
-    every worker still gets at least two tasks per generation. A worker that dies takes no result
+    every worker still gets at least four tasks per generation. A worker that dies takes no result
     with it: the scheduler reruns its tasks elsewhere, and if the data itself was lost with the last
     worker holding it, it is scattered again and the unfinished fits resubmitted. Results are yielded
     in submission order.
@@ -255,8 +255,10 @@ class DaskExecutor:
     name = "dask"
     retries = 2  # a task that raised (e.g. out of memory on a busy worker) is retried this often
     rescatters = 3  # data lost with every worker that held it: scatter again at most this often
-    chunk_seconds = 0.25  # aim for this much fitting per task
-    tasks_per_worker = 2  # ... but give every worker at least this many tasks per generation (balance)
+    # Measured on default-budget campaigns (benchmarks/scaleout.py): a Dask task costs ~3 ms of scheduling on
+    # this kind of machine, so fits of ~25 ms go two to a task; balance across workers needs several tasks each.
+    chunk_seconds = 0.05  # aim for this much fitting per task
+    tasks_per_worker = 4  # ... but give every worker at least this many tasks per generation (balance)
 
     def __init__(self, data: FitData, workers: int | None = None, scheduler: str | None = None, client=None):
         self._distributed = require_dask()

@@ -151,15 +151,15 @@ def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
     first = list(ex.map(jobs[:3]))
     assert [len(chunk) for _, chunk in client.submitted] == [1, 1, 1], "one fit per task until fits are timed"
     ex.chunk_seconds = 1e3  # every fit now counts as short, however fast this machine is
-    second = list(ex.map(jobs))
+    second = list(ex.map(jobs * 2))
     sizes = [len(chunk) for _, chunk in client.submitted[3:]]
-    assert sizes == [2, 2, 2, 2], "short fits travel a few per task, two tasks per worker at least"
+    assert sizes == [2] * 8, "short fits travel a few per task, four tasks per worker at least"
     assert len(client.scattered) == 1 and client.scattered[0][1] is True, "data scattered once, to every worker"
     assert all(isinstance(d, FakeFuture) for d, _ in client.submitted), "the data goes by reference"
     assert all(type(j) is FitJob for _, chunk in client.submitted for j in chunk), "only FitJobs travel"
     expected = [run_fit(data, j) for j in jobs]
     assert [(o.val_r2, o.constants) for o in first + second] == \
-        [(o.val_r2, o.constants) for o in expected[:3] + expected], "submission order"
+        [(o.val_r2, o.constants) for o in expected[:3] + expected * 2], "submission order"
     ex.close()
 
 

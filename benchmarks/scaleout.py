@@ -47,14 +47,13 @@ OVERHEAD_TASKS = ["vocab_scaling_law", "lr_bsz_scaling_law", "sft_scaling_law"]
 
 
 def candidates(run_dir: Path) -> list[tuple]:
-    con = sqlite3.connect(run_dir / "campaign.sqlite")
+    from discovery.store import Store
+
+    store = Store(run_dir / "campaign.sqlite")
     try:
-        return con.execute(
-            "SELECT c.generation, c.island, c.slot, c.formula, c.canonical_hash, c.status, c.reason, f.constants, "
-            "f.val_r2, f.val_nmse, f.val_nmae FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id "
-            "ORDER BY c.generation, c.island, c.slot").fetchall()
+        return store.outcomes()
     finally:
-        con.close()
+        store.close()
 
 
 def best(run_dir: Path) -> dict:

@@ -76,6 +76,7 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
     positive = bool((data.fit_part.Y > 0).all())
     best: FitOutcome | None = None
     seconds = 0.0
+    seen = Dataset.concat(data.fit_part, data.validation) if data.priors else None  # where shapes are checked
     for recipe in job.recipes:
         if RECIPES[recipe].get("log_residuals") and not positive:
             continue
@@ -83,7 +84,7 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
                       total_time_limit=job.total_time_limit)
         seconds += fit.seconds
         val = score(data.validation.Y, fit.predict(data.validation))
-        shape = shape_of(fit, Dataset.concat(data.fit_part, data.validation), data.priors)
+        shape = shape_of(fit, seen, data.priors) if seen is not None else None
         if best is None or (fit.ok, shape is None, -val.nmse) > (best.ok, best.shape is None, -best.val_nmse):
             best = FitOutcome(constants_json(fit), fit.ok, fit.failures, val.r2, val.nmse, val.nmae, 0.0, recipe,
                               shape)

@@ -154,6 +154,14 @@ class Store:
             return self.db.execute(sql + " WHERE c.status = ? ORDER BY c.id", (status,)).fetchall()
         return self.db.execute(sql + " ORDER BY c.id").fetchall()
 
+    def outcomes(self) -> list[tuple]:
+        """What the run produced, slot by slot, without timings: equal for two runs that did the same work
+        (wherever their fits ran, and however often they were interrupted)."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT c.generation, c.island, c.slot, c.formula, c.canonical_hash, c.status, c.reason, f.constants, "
+            "f.val_r2, f.val_nmse, f.val_nmae, f.shape FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id "
+            "ORDER BY c.generation, c.island, c.slot")]
+
     def recent_rejections(self, before_generation: int, limit: int = 8) -> list[sqlite3.Row]:
         return self.db.execute("SELECT formula, reason, proposer FROM candidates WHERE status = 'rejected' "
                                "AND generation < ? ORDER BY id DESC LIMIT ?", (before_generation, limit)).fetchall()[::-1]

@@ -17,6 +17,7 @@ import pytest
 
 from discovery.campaign import Campaign, CampaignSettings
 from discovery.executors import DASK_INSTALL, DaskUnavailable, FitData, make_executor
+from discovery.store import Store
 from discovery.sweep import Sweep, make_sweep_settings, parse_seeds, parse_tasks, run_campaign
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,14 +37,11 @@ def _campaign(out: Path, executor: str, workers: int | None = None, on_progress=
 
 def _table(run_dir: Path) -> list[tuple]:
     """Every candidate slot with what it scored; not the timings."""
-    con = sqlite3.connect(run_dir / "campaign.sqlite")
+    store = Store(run_dir / "campaign.sqlite")
     try:
-        return con.execute(
-            "SELECT c.generation, c.island, c.slot, c.formula, c.canonical_hash, c.status, c.reason, "
-            "f.constants, f.val_r2, f.val_nmse, f.val_nmae FROM candidates c "
-            "LEFT JOIN fits f ON f.candidate_id = c.id ORDER BY c.generation, c.island, c.slot").fetchall()
+        return store.outcomes()
     finally:
-        con.close()
+        store.close()
 
 
 def _same_result(a: dict, b: dict) -> None:

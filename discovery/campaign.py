@@ -156,7 +156,7 @@ class Campaign:
                                    tol=1e-6, time_limit=settings.fit_time_limit)
         self.population = Population(settings.islands, settings.population)
         self._fit_data = FitData(self.task.symbols, self.task.targets, self.protocol.fit_part,
-                                 self.protocol.validation, self.task.shape_priors())
+                                 self.protocol.validation, self.task.shape_priors(), self.protocol.validation_blocks)
         self._screen_rows = screening_rows(self.protocol.fit_part)
         self._screened: dict[str, str | None] = {}
         self._executor = None
@@ -186,7 +186,7 @@ class Campaign:
         """Decide what a slot needs without fitting: stored already, rejected, duplicate, or a fit job."""
         existing = self.store.slot(gen, island, slot)
         if existing is not None:  # resumed: this slot was done before the interruption
-            if existing["canonical_hash"]:
+            if existing["status"] in ("evaluated", "failed"):  # it was this generation's fit of its law
                 batch.setdefault(existing["canonical_hash"], (island, slot))
             return {"kind": "existing", "row": existing}
         common = dict(generation=gen, island=island, slot=slot, proposer=item.proposer, formula=item.formula)
@@ -208,13 +208,15 @@ class Campaign:
         screened = self._screen(law, item.constants) if item.proposer == "offline" else None
         if screened:
             return {"kind": "write", "common": common, "info": info, "status": "rejected", "reason": screened}
+        # Proposed twice in this generation: only the first is fitted. Checked before the store, so a resumed
+        # generation whose first copy was stored before the interruption words the duplicate as a fresh run does.
+        if law.hash in batch:
+            return {"kind": "write", "common": common, "info": info, "status": "duplicate",
+                    "reason": "same law as generation {} island {} slot {}".format(gen, *batch[law.hash])}
         original = self.store.evaluated_by_hash(law.hash)
         if original is not None:  # the fit cache: a law is never fitted twice in a run
             return {"kind": "write", "common": common, "info": info, "status": "duplicate",
                     "reason": f"same law as #{original['id']}"}
-        if law.hash in batch:  # proposed twice in this generation: only the first is fitted
-            return {"kind": "write", "common": common, "info": info, "status": "duplicate",
-                    "reason": "same law as generation {} island {} slot {}".format(gen, *batch[law.hash])}
         batch[law.hash] = (island, slot)
         job = FitJob(law.text, item.constants, self.fit_opts, self.settings.fit_time_limit,
                      tuple(self.settings.fit_recipes))
@@ -453,10 +455,9 @@ class Campaign:
             "wall_seconds": round(float(meta.get("search_seconds", 0.0)), 2),
             "llm": {"calls": usage["calls"], "cached": usage["cached"], "prompt_tokens": usage["prompt_tokens"],
                     "completion_tokens": usage["completion_tokens"], "cost_usd": round(usage["cost_usd"], 6)},
-            "how": ("Candidates were fitted on the fit part of train and selected on the validation slice "
-                    "(largest-scale train rows per group, or every 5th row for an interpolation split); the Pareto "
-                    "front was refit on all of train (starting from the validated constants) and scored once on "
-                    "test."),
+            "how": (f"Candidates were fitted on the fit part of train and selected on the validation slice "
+                    f"({self.task.split.describe_validation()}); the Pareto front was refit on all of train "
+                    f"(starting from the validated constants) and scored once on test."),
         }
         tmp = self.run_dir / "best.json.tmp"
         tmp.write_text(json.dumps(result, indent=2, default=float))
@@ -493,7 +494,7 @@ class Campaign:
             val_fits = dict(human_fits(self.task, self.protocol.fit_part, human, self.settings.seed))
             test_fits = dict(human_fits(self.task, self.protocol.train, human, self.settings.seed))
             for variant, tf in test_fits.items():
-                v = score(self.protocol.validation.Y, val_fits[variant].predict(self.protocol.validation))
+                v = self.protocol.validation_score(val_fits[variant].predict(self.protocol.validation))
                 t = score(test.Y, tf.predict(test))
                 shape = shape_of(val_fits[variant], self.protocol.train, self.task.shape_priors())
                 out.append({"law": human.name, "formula": human.formula, "constants_from": variant,

@@ -91,7 +91,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                              "log_residuals": args.log_residuals})
     protocol = Protocol(task, load_frame(task))
     val_fit = fit_law(law, protocol.fit_part, task.targets, specs, opts)
-    val_scores = score(protocol.validation.Y, val_fit.predict(protocol.validation))
+    val_scores = protocol.validation_score(val_fit.predict(protocol.validation))
     full_fit = fit_law(law, protocol.train, task.targets, specs, opts)
     test = protocol.final_test(purpose="kepler fit: report a user's formula")
     test_scores = score(test.Y, full_fit.predict(test))

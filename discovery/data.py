@@ -163,7 +163,8 @@ def _validate(task: "Task", raw: pd.DataFrame, *, where: str, row_ref) -> pd.Dat
     df = raw.reset_index(drop=True)
     cols = list(df.columns)
 
-    numeric = list(dict.fromkeys([*task.columns, *task.targets, task.split.validation_axis]))
+    numeric = list(dict.fromkeys([*task.columns, *task.targets, task.split.validation_axis,
+                                   *([task.split.validation_per] if task.split.validation_per else [])]))
     group_cols = [task.group_column] if task.group_column else []
     required = list(dict.fromkeys([*group_cols, *numeric, "split"]))
     for col in required:
@@ -264,6 +265,8 @@ def _role(task: "Task", col: str) -> str:
         roles.append("target")
     if col == task.split.validation_axis:
         roles.append("validation axis")
+    if col == task.split.validation_per:
+        roles.append("validation per-value column")
     if col == task.group_column:
         roles.append("group column")
     if col == "split":

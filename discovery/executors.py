@@ -20,12 +20,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+import numpy as np
+
 from discovery.dataset import Dataset
 from discovery.fit import RECIPES, FitOptions, LawFit, fit_law, recipe_options
 from discovery.law import parse_law
 from discovery.shape import ShapePriors, shape_of
 from discovery.tasks import ConstantSpec
-from evaluators.metrics import score
+from evaluators.metrics import score_blocks
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class FitData:
     fit_part: Dataset
     validation: Dataset
     priors: ShapePriors = ShapePriors()  # the task's shape priors, checked on every fitted law
+    validation_blocks: np.ndarray | None = None  # validation scored block by block (see evaluators.protocol)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
         fit = fit_law(law, data.fit_part, data.targets, job.specs, recipe_options(job.opts, recipe),
                       total_time_limit=job.total_time_limit)
         seconds += fit.seconds
-        val = score(data.validation.Y, fit.predict(data.validation))
+        val = score_blocks(data.validation.Y, fit.predict(data.validation), data.validation_blocks)
         shape = shape_of(fit, seen, data.priors) if seen is not None else None
         if best is None or (fit.ok, shape is None, -val.nmse) > (best.ok, best.shape is None, -best.val_nmse):
             best = FitOutcome(constants_json(fit), fit.ok, fit.failures, val.r2, val.nmse, val.nmae, 0.0, recipe,
@@ -235,7 +238,7 @@ def close_dask(client, cluster) -> None:
             cluster.close()
 
 
-def run_fits(data: FitData, jobs: list[FitJob]) -> list[FitOutcome]:
+def run_fits(jobs: list[FitJob], data: FitData) -> list[FitOutcome]:
     """Several fits in one Dask task (short fits: one scheduling round trip for the lot)."""
     return [run_fit(data, job) for job in jobs]
 
@@ -281,10 +284,12 @@ class DaskExecutor:
             self._data_future.release()
         self._data_future = self.client.scatter(self.data, broadcast=True, hash=False)
 
-    def _submit(self, chunk: list[FitJob]):
-        self._count += 1
-        return self.client.submit(run_fits, self._data_future, chunk, key=f"kepler-fit-{self._tag}-{self._count}",
-                                  pure=False, retries=self.retries)
+    def _submit(self, chunks: list[list[FitJob]]) -> list:
+        """All of a generation's tasks in one message to the scheduler (one graph update, not one per task)."""
+        keys = [f"kepler-fit-{self._tag}-{self._count + i + 1}" for i in range(len(chunks))]
+        self._count += len(chunks)
+        return self.client.map(run_fits, chunks, key=keys, pure=False, retries=self.retries,
+                               data=self._data_future) if chunks else []
 
     def _chunks(self, jobs: list[FitJob]) -> list[list[FitJob]]:
         n = len(jobs)
@@ -299,7 +304,7 @@ class DaskExecutor:
 
     def map(self, jobs: Iterable[FitJob]) -> Iterator[FitOutcome]:
         chunks = self._chunks(list(jobs))
-        futures = [self._submit(chunk) for chunk in chunks]
+        futures = self._submit(chunks)
         self._futures = futures
         return self._results(chunks, futures)
 
@@ -319,7 +324,7 @@ class DaskExecutor:
                     f.cancel()
                 self.client.wait_for_workers(1, timeout=120)  # a nanny restarts a killed worker
                 self._scatter()
-                futures[i:] = [self._submit(chunk) for chunk in chunks[i:]]
+                futures[i:] = self._submit(chunks[i:])
                 continue
             futures[i].release()
             i += 1

@@ -72,8 +72,7 @@ def blocks(record: LawRecord, run_dir: Path, figures: dict[str, Path], protocol)
                       + f". Constant limit: {task.constant_limit or 'none'}."),
            Block("h2", "Data provenance"),
            _table(["file", "pinned URL", "sha256"], [[s.file, s.url, f"`{s.sha256}`"] for s in task.sources]),
-           Block("p", f"Split: {task.split.rule} Validation: the largest `{task.split.validation_axis}` rows of each "
-                      f"group's train rows ({task.split.validation_fraction:.0%})."),
+           Block("p", f"Split: {task.split.rule} Validation: {task.split.describe_validation()}."),
            _table(["split", "rows"], [["train (all)", len(protocol.train)], ["fit part of train", len(protocol.fit_part)],
                                       ["validation", len(protocol.validation)], ["test", protocol.n_test]]),
            Block("h2", "Settings"),

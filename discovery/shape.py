@@ -39,22 +39,22 @@ class Direction:
 
 @dataclass(frozen=True)
 class ShapePriors:
-    """A task's shape priors, by variable position. `axis` is the scale axis (validation_axis): the
-    target's range is checked along it as well as along every direction."""
+    """A task's shape priors, by variable position. `axes` are the scale axes (what the test split
+    extrapolates along): the target's range is checked along them as well as along every direction."""
 
     directions: tuple[Direction, ...] = ()
     target_range: tuple[float, float] | None = None
-    axis: tuple[int, str] | None = None
+    axes: tuple[tuple[int, str], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.directions) or self.target_range is not None
 
-    def axes(self) -> list[tuple[int, str, int]]:
+    def followed(self) -> list[tuple[int, str, int]]:
         """(index, symbol, sign) of every variable to follow; sign 0 = no direction, range only."""
         out = [(d.index, d.symbol, d.sign) for d in self.directions]
-        if self.target_range is not None and self.axis is not None and self.axis[0] not in {d.index for d in
-                                                                                            self.directions}:
-            out.append((self.axis[0], self.axis[1], 0))
+        if self.target_range is not None:
+            directed = {d.index for d in self.directions}
+            out += [(i, symbol, 0) for i, symbol in self.axes if i not in directed]
         return out
 
 
@@ -87,7 +87,7 @@ def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: 
     observed range, so the tolerance does not depend on the target's units.
     """
     span = span if np.isfinite(span) and span > 0 else 1.0
-    for index, symbol, sign in priors.axes():
+    for index, symbol, sign in priors.followed():
         grid = _grid(X[:, index])
         bases = _bases(X, index)
         Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)

@@ -12,8 +12,8 @@ from evaluators.protocol import Protocol
 
 def data_summary(task: Task, protocol: Protocol) -> str:
     train = protocol.train
-    lines = [f"{len(train)} train rows in {len(train.group_names)} group(s); validation = the largest "
-             f"{task.split.validation_axis} rows of each group ({len(protocol.validation)} rows)."]
+    lines = [f"{len(train)} train rows in {len(train.group_names)} group(s); validation = "
+             f"{task.split.describe_validation()} ({len(protocol.validation)} rows)."]
     for j, v in enumerate(task.variables):
         col = train.X[:, j]
         lines.append(f"- {v.symbol} ({v.column}, {v.unit or 'no unit'}): train range {col.min():.4g} .. {col.max():.4g}, "

@@ -117,10 +117,39 @@ class SplitSpec(_Strict):
     rule: str = Field(description="the rule behind the train/test split, in words")
     validation_axis: str = Field(description="column along which validation is carved out of train (largest values)")
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    validation_rule: Literal["largest", "interleaved"] = Field(
+    validation_rule: Literal["largest", "largest_per", "interleaved"] = Field(
         default="largest",
-        description="largest: the largest-axis rows of each group (extrapolation, for scale splits); interleaved: "
-                    "every k-th row along the axis, from the largest (for splits that are not along a scale)")
+        description="largest: the largest-axis rows of each group (extrapolation, for scale splits); largest_per: "
+                    "for every value of `validation_per`, its rows at their largest axis value (for a test split "
+                    "that is a corner, such as the largest model at its largest budget); interleaved: every k-th "
+                    "row along the axis, from the largest (for splits that are not along a scale)")
+    validation_per: str | None = Field(
+        default=None, description="with rule largest_per: the column whose every value gives up its largest-axis "
+                                  "rows to validation (e.g. each model size its largest budget)")
+
+    @model_validator(mode="after")
+    def _per_with_its_rule(self) -> "SplitSpec":
+        if (self.validation_rule == "largest_per") != (self.validation_per is not None):
+            raise ValueError("validation_per goes with validation_rule = \"largest_per\" (and that rule needs it)")
+        return self
+
+    def scale_columns(self) -> list[str]:
+        """The columns the test split extrapolates along, as far as validation imitates it."""
+        if self.validation_rule == "interleaved":
+            return []
+        return [self.validation_axis] + ([self.validation_per] if self.validation_per else [])
+
+    def describe_validation(self) -> str:
+        """The validation rule in words, for prompts and reports."""
+        if self.validation_rule == "interleaved":
+            return (f"every {max(2, round(1 / self.validation_fraction))}th train row of each group along "
+                    f"`{self.validation_axis}`, from the largest (an interpolation split)")
+        if self.validation_rule == "largest_per":
+            return (f"for every `{self.validation_per}` value of each group, its rows at their largest "
+                    f"`{self.validation_axis}`, as the test split is the largest `{self.validation_per}` at its "
+                    f"largest `{self.validation_axis}`; each such block is scored against its own spread, as the "
+                    f"test split will be, and the validation R2 is the mean over blocks")
+        return f"the largest `{self.validation_axis}` train rows of each group (about {self.validation_fraction:.0%})"
 
 
 class Task(_Strict):
@@ -168,11 +197,10 @@ class Task(_Strict):
         """The declared shape priors, by variable position (see discovery.shape)."""
         directions = tuple(Direction(i, v.symbol, -1 if v.monotone == "decreasing" else 1)
                            for i, v in enumerate(self.variables) if v.monotone)
-        axis = None  # the range is followed along the scale axis; an interpolation split has none
-        if self.split.validation_rule == "largest":
-            axis = next(((i, v.symbol) for i, v in enumerate(self.variables)
-                         if v.column == self.split.validation_axis), None)
-        return ShapePriors(directions, self.target_range, axis)
+        # the range is also followed along the scale axes; an interpolation split has none
+        scale = self.split.scale_columns()
+        axes = tuple((i, v.symbol) for i, v in enumerate(self.variables) if v.column in scale)
+        return ShapePriors(directions, self.target_range, axes)
 
     def symbol_for_column(self) -> dict[str, str]:
         return {v.column: v.symbol for v in self.variables}

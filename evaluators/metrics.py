@@ -51,6 +51,19 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, *, clip: bool = False) -> Scor
     return Scores(r2, nmse, nmae, n)
 
 
+def score_blocks(y_true: np.ndarray, y_pred: np.ndarray, blocks: np.ndarray | None) -> Scores:
+    """The mean of `score` over blocks of rows, each block against its own spread: how a test split that
+    is one such block (one model size at its largest budget) will be scored. `blocks` None: plain `score`."""
+    if blocks is None:
+        return score(y_true, y_pred)
+    parts = [score(np.asarray(y_true)[blocks == b], np.asarray(y_pred)[blocks == b]) for b in np.unique(blocks)]
+    n = len(blocks)
+    if any(s.failed for s in parts):
+        return Scores(FAILURE_R2, FAILURE_NMSE, FAILURE_NMSE, n, failed=True)
+    return Scores(float(np.mean([s.r2 for s in parts])), float(np.mean([s.nmse for s in parts])),
+                  float(np.mean([s.nmae for s in parts])), n)
+
+
 def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Root mean squared error over all cells (the Chinchilla replication reports it)."""
     return float(np.sqrt(np.mean((np.asarray(y_pred, float) - np.asarray(y_true, float)) ** 2)))

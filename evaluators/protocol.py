@@ -1,9 +1,12 @@
 """The split protocol: train / validation / test, with the test split kept behind a door.
 
-Validation is carved out of train along the task's scale axis: in each group, the rows with the
-largest axis values (whole tied values at a time) until `validation_fraction` of the group's rows
-are taken; for tasks whose test split is not along a scale, every k-th row along the axis instead. Selection sees only these rows. The test split is built only when `final_test()` is
-called, and every call is logged, so code that selects on test by accident is caught by a test.
+Validation is carved out of train the way the test split is carved out of the data: in each group,
+the rows with the largest values of the task's scale axis (whole tied values at a time) until
+`validation_fraction` of the group's rows are taken; for a test split that is a corner (the largest
+model at its largest budget), every model size's rows at its own largest budget; for tasks whose
+test split is not along a scale, every k-th row along the axis. Selection sees only these rows. The
+test split is built only when `final_test()` is called, and every call is logged, so code that
+selects on test by accident is caught by a test.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from discovery.dataset import Dataset
-from discovery.tasks import Task
+from discovery.tasks import SplitSpec, Task
+from evaluators.metrics import Scores, score_blocks
 
 _LOCK = threading.Lock()
 TEST_ACCESS_LOG: list[tuple[str, str]] = []  # (task, purpose) of every final_test() call, process-wide
@@ -44,6 +48,49 @@ def _validation_mask(axis: np.ndarray, fraction: float, rule: str = "largest") -
     return mask
 
 
+def _largest_per_mask(axis: np.ndarray, per: np.ndarray) -> np.ndarray:
+    """For every value of `per`, its rows at their largest `axis` value (each model size's largest budget)."""
+    mask = np.zeros(len(axis), dtype=bool)
+    if len(axis) < 3:
+        return mask
+    for value in np.unique(per):
+        at = per == value
+        if at.sum() < len(axis):  # a value that holds the whole group would leave nothing to fit
+            mask |= at & (axis == axis[at].max())
+    return mask
+
+
+def validation_blocks(split: SplitSpec, validation: pd.DataFrame, targets: list[str]) -> np.ndarray | None:
+    """With rule largest_per, which block (group, per-value) each validation row belongs to: the test split
+    is one such block and its R2 is taken against its own spread, so validation scores each block the same
+    way and averages. None (pooled, as the test split is) for the other rules, or if a block is too small
+    or flat to have a spread."""
+    if split.validation_per is None or validation.empty:
+        return None
+    keys = validation["group"].astype(str) + "|" + validation[split.validation_per].astype(float).map(repr)
+    labels, blocks = np.unique(keys.to_numpy(), return_inverse=True)
+    y = validation[targets].to_numpy(dtype=float)
+    for b in range(len(labels)):
+        if (blocks == b).sum() < 3 or not (np.var(y[blocks == b], axis=0) > 0).all():
+            return None
+    return blocks
+
+
+def validation_mask(split: SplitSpec, train: pd.DataFrame) -> np.ndarray:
+    """Which train rows are validation, group by group, following the task's validation rule."""
+    val = np.zeros(len(train), dtype=bool)
+    groups = train["group"].astype(str).to_numpy()
+    axis = train[split.validation_axis].to_numpy(dtype=float)
+    per = train[split.validation_per].to_numpy(dtype=float) if split.validation_per else None
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        if per is not None:
+            val[idx] = _largest_per_mask(axis[idx], per[idx])
+        else:
+            val[idx] = _validation_mask(axis[idx], split.validation_fraction, split.validation_rule)
+    return val
+
+
 class Protocol:
     """Holds a task's rows and hands out splits: fit part, validation, full train; test on request."""
 
@@ -54,22 +101,21 @@ class Protocol:
         self._test_frame = frame[frame["split"] == "test"]
         if train.empty:
             raise ValueError(f"task {task.name}: no train rows")
-        axis_col = task.split.validation_axis
-        val = np.zeros(len(train), dtype=bool)
-        groups = train["group"].astype(str).to_numpy()
-        axis = train[axis_col].to_numpy(dtype=float)
-        for g in np.unique(groups):
-            idx = np.flatnonzero(groups == g)
-            val[idx] = _validation_mask(axis[idx], task.split.validation_fraction, task.split.validation_rule)
+        val = validation_mask(task.split, train)
         cols, targets = task.columns, task.targets
         self.train = Dataset.from_frame(train, cols, targets, "train")
         self.fit_part = Dataset.from_frame(train[~val], cols, targets, "fit")
         self.validation = Dataset.from_frame(train[val], cols, targets, "validation")
+        self.validation_blocks = validation_blocks(task.split, train[val], targets)
         self.test_reads = 0
 
     @property
     def n_test(self) -> int:
         return len(self._test_frame)
+
+    def validation_score(self, pred: np.ndarray) -> Scores:
+        """Predictions on the validation slice, scored as selection sees them (see validation_blocks)."""
+        return score_blocks(self.validation.Y, pred, self.validation_blocks)
 
     def final_test(self, purpose: str) -> Dataset:
         """The test split, for the final report only. Every call is logged with its purpose."""

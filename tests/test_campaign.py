@@ -83,6 +83,30 @@ def test_protocol_keeps_test_rows_out_of_fit_and_validation():
     for g in p.validation.group_names:
         val_max = p.validation.X[p.validation.groups == g, 0].min()
         fit_max = p.fit_part.X[p.fit_part.groups == g, 0].max()
+
+
+def test_a_corner_test_split_gets_a_validation_of_corners():
+    """lr_bsz's test split is the largest model at its largest budget: validation holds every model size's
+    rows at its own largest budget, and the fit part keeps each size's smaller budgets."""
+    import numpy as np
+
+    from discovery.data import load_frame
+    from discovery.tasks import SplitSpec, load_task
+    from evaluators.protocol import Protocol
+
+    task = load_task("lr_bsz_scaling_law")
+    p = Protocol(task, load_frame(task))
+    n, d = task.columns.index("non_embedding_param_size"), task.columns.index("data_size")
+    sizes = np.unique(p.train.X[:, n])
+    assert set(np.unique(p.validation.X[:, n])) == set(sizes)
+    for size in sizes:
+        val_d = np.unique(p.validation.X[p.validation.X[:, n] == size, d])
+        fit_d = p.fit_part.X[p.fit_part.X[:, n] == size, d]
+        assert len(val_d) == 1 and len(fit_d) and fit_d.max() < val_d[0]
+    assert len(np.unique(p.validation_blocks)) == len(sizes)  # scored size by size, as the test split will be
+    assert "largest `data_size`" in task.split.describe_validation()
+    with pytest.raises(ValueError, match="validation_per"):
+        SplitSpec(rule="-", validation_axis="data_size", validation_rule="largest_per")
         assert val_max > fit_max
 
 

@@ -38,3 +38,20 @@ def test_clip_matches_published_table_convention():
     p = np.array([10.0, -5.0, 30.0])
     assert score(y, p).r2 < -1
     assert score(y, p, clip=True).r2 == -1.0
+
+
+def test_block_scores_catch_a_level_error_that_pooled_scores_hide():
+    """Two model sizes, each a valley in learning rate, far apart in level. A law with the right levels and
+    a flat valley scores well pooled (the level gap dominates the spread) but not block by block, where
+    each block is judged against its own spread, as a test split of one model size is."""
+    from evaluators.metrics import score_blocks
+
+    x = np.linspace(-1, 1, 20)
+    y = np.concatenate([3.0 + 0.05 * x**2, 2.0 + 0.05 * x**2])
+    flat = np.concatenate([np.full(20, 3.0 + 0.05 / 3), np.full(20, 2.0 + 0.05 / 3)])
+    blocks = np.repeat([0, 1], 20)
+    assert score(y, flat).r2 > 0.99
+    assert score_blocks(y, flat, blocks).r2 < 0.01
+    assert score_blocks(y, y, blocks).r2 == 1.0
+    assert score_blocks(y, flat, None) == score(y, flat)
+    assert score_blocks(y, np.where(blocks == 1, np.nan, y), blocks).failed

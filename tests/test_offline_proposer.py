@@ -56,3 +56,33 @@ def test_constants_never_look_like_variables():
     for c in _proposals("domain_mixture_scaling_law", seeds=range(3)):
         law = parse_law(c.formula, task.symbols)
         assert not {x.name for x in law.constants} & {f"r{i}" for i in range(10)}
+
+
+def _exp_arguments(formula: str, symbols: list[str]) -> list:
+    import sympy as sp
+
+    law = parse_law(formula, symbols)
+    return [e.args[0] for e in sp.preorder_traversal(law.expr) if isinstance(e, sp.exp)]
+
+
+def test_counted_quantities_enter_exponentials_only_through_their_log():
+    """moe's parameters and experts have units: exp(r*N) would vanish or explode beyond the data, so N and E
+    appear in exponentials only inside a log. lr_bsz's learning rate is dimensionless and may enter raw."""
+    import sympy as sp
+
+    moe = load_task("moe_scaling_law")
+    arguments = [a for c in _proposals("moe_scaling_law") for a in _exp_arguments(c.formula, moe.symbols)]
+    assert len(arguments) > 20
+    for arg in arguments:
+        outside_logs = arg.replace(sp.log, lambda *_: sp.Integer(0))
+        assert not outside_logs.free_symbols & {sp.Symbol("N", real=True), sp.Symbol("E", real=True)}, arg
+    lr = load_task("lr_bsz_scaling_law")
+    raw_lr = [c.formula for c in _proposals("lr_bsz_scaling_law")
+              if any("lr" in str(a) and "log" not in str(a) for a in _exp_arguments(c.formula, lr.symbols))]
+    assert raw_lr
+
+
+def test_optima_that_move_with_size_are_in_the_grammar():
+    """A quadratic-in-log valley whose centre shifts with other variables (optimal learning rate vs N, D)."""
+    pattern = re.compile(r"\(-m\d+ .*q\d+\*log\(.*\)\*\*2")
+    assert any(pattern.search(c.formula) for c in _proposals("lr_bsz_scaling_law"))

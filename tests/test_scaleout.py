@@ -131,9 +131,10 @@ def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
             self.scattered.append((data, broadcast))
             return FakeFuture(data)
 
-        def submit(self, fn, data, chunk, **kw):
-            self.submitted.append((data, chunk))
-            return FakeFuture(fn(data.value, chunk))
+        def map(self, fn, chunks, key, data, **kw):
+            assert len(key) == len(set(key)) == len(chunks)
+            self.submitted += [(data, chunk) for chunk in chunks]
+            return [FakeFuture(fn(chunk, data.value)) for chunk in chunks]
 
         def nthreads(self):
             return {"tcp://a": 1, "tcp://b": 1}

@@ -44,7 +44,7 @@ def test_a_target_that_cannot_leave_its_range_by_definition():
     """A Brier score lies in [0, 1]: a law that runs out of it when the scale axis is extrapolated one
     observed range width (the axis here may be negative: it is already a log) is caught; one that levels
     off is kept."""
-    priors = ShapePriors(target_range=(-1.0, 0.0), axis=(0, "x"))
+    priors = ShapePriors(target_range=(-1.0, 0.0), axes=((0, "x"),))
     x = np.array([[-0.9], [0.5], [2.9]])
     grows = violation(lambda v: -0.5 + 0.01 * np.exp(v[:, 0]), x, span=0.5, priors=priors)
     assert grows is not None and grows.startswith("leaves the target's possible range [-1, 0]")
@@ -55,7 +55,7 @@ def test_a_target_that_cannot_leave_its_range_by_definition():
 def test_task_files_declare_the_range_of_their_target():
     assert load_task("easy_question_scaling_law").shape_priors().target_range == (-1.0, 0.0)
     assert load_task("moe_scaling_law").shape_priors().target_range == (0.0, np.inf)
-    assert load_task("domain_mixture_scaling_law").shape_priors().axis is None  # no scale axis to follow
+    assert load_task("domain_mixture_scaling_law").shape_priors().axes == ()  # no scale axis to follow
 
 
 def test_tolerance_is_relative_to_the_targets_range():

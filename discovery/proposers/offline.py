@@ -2,10 +2,15 @@
 
 A genome is a sum of terms (plus an optional offset) over *scaled* variables u = x / ref, where
 ref is a fixed power of ten taken from the variable's declared observed range, so constants are of
-order one. Blocks: power laws, logs and quadratic-in-log terms, exponentials, saturating and
-logistic forms, products of powers, exp-linear mixtures, and powers of an "effective size" (one
-variable grown log-linearly by another, as in effective parameters or effective data). Variables
-that share a unit also give their ratio (tokens / unique tokens = epochs) as one more variable.
+order one. Blocks: power laws, logs and quadratic-in-log terms, quadratic-in-log valleys around an
+optimum that moves as a power of other variables (as optimal hyperparameters move with size),
+exponentials, saturating and logistic forms, products of powers, exp-linear mixtures, and powers of
+an "effective size" (one variable grown log-linearly by another, as in effective parameters or
+effective data). Variables that share a unit also give their ratio (tokens / unique tokens =
+epochs) as one more variable. A quantity with a unit (parameters, tokens, experts) enters an
+exponential only through its log, that is as a power: exp(r*N) carries a characteristic size and
+vanishes or explodes beyond the data, which an extrapolating law cannot afford; dimensionless
+variables (a learning rate, shares, ratios such as epochs) may enter raw.
 Mutations replace, add or drop a term, multiply a term by a factor, merge two terms into a product,
 offset a power's base, make an exponent depend on another variable, swap variables, or toggle the
 offset; crossover mixes the terms of two survivors. Everything is seeded; nothing task-specific is
@@ -31,7 +36,9 @@ RATE = ConstantSpec(init=-1.0, bounds=(-20.0, 20.0))
 POSITIVE_SCALE = ConstantSpec(init=1.0, bounds=(1e-4, 1e4))
 BASE_OFFSET = ConstantSpec(init=0.1, bounds=(0.0, 1e3))
 LOG_GAIN = ConstantSpec(init=0.5, bounds=(0.0, 100.0))
+SHIFT = ConstantSpec(init=0.0, bounds=(-3.0, 3.0))  # how fast an optimum moves with another variable (log-log)
 MAX_TRIES = 30
+DIMENSIONLESS_UNITS = {"", "1", "fraction", "ratio"}
 OFFSET = "_E"  # internal name of the offset constant (rendered as E, or E0, E1... if a variable is called E)
 
 
@@ -44,6 +51,7 @@ class ScaledVariable:
     center: float  # middle of the observed range, in scaled units (logistic centers start here)
     low: float = 1.0  # smallest observed value rounded down to 3 digits, raw units (log(x / low) >= 0 on the data)
     ratio_of: tuple[str, str] | None = None  # a derived dimensionless variable: numerator / denominator symbols
+    counted: bool = False  # a positive quantity with a unit (parameters, tokens, experts): see _raw_in_exp
 
 
 def _round_down(x: float) -> float:
@@ -65,7 +73,9 @@ def scaled_variables(task: Task) -> list[ScaledVariable]:
             ref = 10.0 ** math.floor(math.log10(mag)) if mag >= 10 else 1.0
             center = (lo + hi) / 2 / ref
         low = _round_down(lo) if positive else 1.0
-        out.append(ScaledVariable(v.symbol, sp.Symbol(f"U_{v.symbol}", real=True), ref, positive, center, low))
+        counted = positive and v.unit.strip().lower() not in DIMENSIONLESS_UNITS
+        out.append(ScaledVariable(v.symbol, sp.Symbol(f"U_{v.symbol}", real=True), ref, positive, center, low,
+                                  counted=counted))
     return out + _ratios(task)
 
 
@@ -124,8 +134,8 @@ class OfflineProposer(Proposer):
         u = v.u
         A = names.new("A", AMPLITUDE, specs)
         if v.positive:
-            kind = rng.choice(["pow", "pow", "pow", "log", "logsq", "exp", "sat", "logistic", "pow2", "explin",
-                               "effective"])
+            kind = rng.choice(["pow", "pow", "pow", "log", "logsq", "exp" if not v.counted else "pow", "sat",
+                               "logistic", "pow2", "explin", "effective", "optimum"])
         else:
             kind = rng.choice(["lin", "quad", "exp", "logistic", "tanh", "explin"])
         if kind == "pow":
@@ -150,6 +160,12 @@ class OfflineProposer(Proposer):
                 return A * sp.tanh(slope * (z - center))
             return A / (1 + sp.exp(-slope * (z - center)))
         others = [w for w in self.vars if w.positive and w is not v]
+        if kind == "optimum":  # a quadratic-in-log valley whose optimum moves as a power of other variables
+            center = names.new("m", ConstantSpec(init=v.center, bounds=(v.center - 20, v.center + 20)), specs)
+            k = int(rng.integers(0, len(others) + 1))
+            chosen = [others[i] for i in sorted(rng.choice(len(others), size=k, replace=False))] if k else []
+            shift = sp.Add(*[names.new("q", SHIFT, specs) * sp.log(w.u) for w in chosen])
+            return A * (sp.log(u) - center - shift) ** 2
         if kind == "effective" and others:  # a power of an "effective size": u grown log-linearly by another variable
             w = others[int(rng.integers(len(others)))]
             gain = names.new("k", LOG_GAIN, specs)
@@ -162,15 +178,16 @@ class OfflineProposer(Proposer):
         # explin: an exponential of a linear mixture of several variables (often all of them)
         k = len(self.vars) if rng.random() < 0.5 else int(rng.integers(1, len(self.vars) + 1))
         chosen = [self.vars[i] for i in sorted(rng.choice(len(self.vars), size=k, replace=False))]
-        lin = sp.Add(*[names.new("r", RATE, specs) * (sp.log(w.u) if w.positive and len(chosen) == 1 else w.u)
-                       for w in chosen])
+        lin = sp.Add(*[names.new("r", RATE, specs) * (sp.log(w.u) if w.counted or (w.positive and len(chosen) == 1)
+                                                      else w.u) for w in chosen])
         return A * sp.exp(lin)
 
     def _factor(self, rng: np.random.Generator, names: _Names, specs: dict) -> sp.Expr:
         v = self.vars[rng.integers(len(self.vars))]
-        if v.positive and rng.random() < 0.7:
+        roll = rng.random() if v.positive else 1.0
+        if roll < 0.7:
             return v.u ** names.new("a", EXPONENT, specs)
-        if v.positive and rng.random() < 0.5:
+        if roll < 0.85 or (v.positive and v.counted):
             return 1 / (1 + names.new("s", POSITIVE_SCALE, specs) * v.u ** names.new("a", EXPONENT, specs))
         return sp.exp(names.new("r", RATE, specs) * v.u)
 

@@ -131,10 +131,11 @@ def timed_map(executor, generations) -> tuple[float, list, float]:
     return time.perf_counter() - t0, out, cpu_seconds() - c0
 
 
-def overhead(run_dir: Path, repeats: int) -> dict:
+def overhead(run_dir: Path, repeats: int, generations: int | None = None) -> dict:
     from discovery.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
 
     data, jobs = fit_jobs(run_dir)
+    jobs = jobs[:generations]
     n = sum(map(len, jobs))
     serial = SerialExecutor(data)
     list(serial.map(jobs[0][:2]))  # warm-up: imports, caches
@@ -210,6 +211,8 @@ def main() -> int:
     ap.add_argument("--skip-sweep", action="store_true", help="only the overhead part (needs --out from a run)")
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--dask-first", action="store_true", help="run the dask sweep before the one-process sweep")
+    ap.add_argument("--overhead-generations", type=int, dest="overhead_generations",
+                    help="time only the first K generations of each run's fit jobs (a default-budget run has 60)")
     ap.add_argument("--overhead-from", dest="overhead_from",
                     help="take the overhead part's fit jobs from finished campaigns under DIR/<task>/ (e.g. default-"
                          "budget runs, ~950 candidates each) instead of the short sweep's runs")
@@ -247,7 +250,7 @@ def main() -> int:
         else:
             run_dir = one / task / f"offline-seed{args.seeds.split('-')[0].split(',')[0]}"
         print(f"overhead: {task} ...", flush=True)
-        rows.append(overhead(run_dir, args.repeats))
+        rows.append(overhead(run_dir, args.repeats, args.overhead_generations))
     report["overhead"] = rows
     report["load_avg_at_end"] = os.getloadavg()
 

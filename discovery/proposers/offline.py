@@ -51,7 +51,7 @@ class ScaledVariable:
     center: float  # middle of the observed range, in scaled units (logistic centers start here)
     low: float = 1.0  # smallest observed value rounded down to 3 digits, raw units (log(x / low) >= 0 on the data)
     ratio_of: tuple[str, str] | None = None  # a derived dimensionless variable: numerator / denominator symbols
-    counted: bool = False  # a positive quantity with a unit (parameters, tokens, experts): see _raw_in_exp
+    counted: bool = False  # a positive quantity with a unit (parameters, tokens, experts): in exp() only via log
 
 
 def _round_down(x: float) -> float:

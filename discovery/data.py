@@ -163,8 +163,7 @@ def _validate(task: "Task", raw: pd.DataFrame, *, where: str, row_ref) -> pd.Dat
     df = raw.reset_index(drop=True)
     cols = list(df.columns)
 
-    numeric = list(dict.fromkeys([*task.columns, *task.targets, task.split.validation_axis,
-                                   *([task.split.validation_per] if task.split.validation_per else [])]))
+    numeric = list(dict.fromkeys([*task.columns, *task.targets, *task.split.columns()]))
     group_cols = [task.group_column] if task.group_column else []
     required = list(dict.fromkeys([*group_cols, *numeric, "split"]))
     for col in required:

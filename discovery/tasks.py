@@ -133,11 +133,13 @@ class SplitSpec(_Strict):
             raise ValueError("validation_per goes with validation_rule = \"largest_per\" (and that rule needs it)")
         return self
 
+    def columns(self) -> list[str]:
+        """Every column the validation rule reads."""
+        return [self.validation_axis] + ([self.validation_per] if self.validation_per else [])
+
     def scale_columns(self) -> list[str]:
         """The columns the test split extrapolates along, as far as validation imitates it."""
-        if self.validation_rule == "interleaved":
-            return []
-        return [self.validation_axis] + ([self.validation_per] if self.validation_per else [])
+        return [] if self.validation_rule == "interleaved" else self.columns()
 
     def describe_validation(self) -> str:
         """The validation rule in words, for prompts and reports."""

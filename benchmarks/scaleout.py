@@ -7,9 +7,10 @@
    fitted constants, validation scores) and best law (formula, constants, test scores) are identical.
 2. Per-candidate overhead of the dask path inside one campaign: the fit jobs a campaign made for
    tasks of >= 500 train rows (vocab 1080, lr_bsz 2702, sft 504), taken from the runs of (1), are run
-   through the serial executor and through `DaskExecutor` with 1 and 2 workers (data scattered once;
-   workers warmed up first; cluster start and scatter reported apart as one-off costs per campaign).
-   Dask vs the local pool = (wall_dask2 - wall_pool2) / wall_pool2, the same jobs, generation by generation,
+   through `DaskExecutor` with 1 worker beside the serial executor, and with 2 workers beside Kepler's
+   local pool of 2 (data scattered once; workers warmed up first; cluster start and scatter reported
+   apart as one-off costs per campaign). Each pair is timed in turns, baseline and dask alternately,
+   `--repeats` times, and the fastest of each side is kept. Dask vs the local pool = (wall_dask2 - wall_pool2) / wall_pool2, the same jobs, generation by generation,
    on Kepler's own process pool of 2: what the Dask path costs beyond the same parallelism on one machine.
    overhead at 2 workers, end to end = (2 x wall_dask2 - wall_serial) / wall_serial: the worker-seconds
    spent per candidate beyond a serial fit (dispatch, transfer, idle workers at the end of a generation,
@@ -131,39 +132,50 @@ def timed_map(executor, generations) -> tuple[float, list, float]:
     return time.perf_counter() - t0, out, cpu_seconds() - c0
 
 
+def side_by_side(baseline, dask, generations, repeats: int) -> tuple[tuple, tuple]:
+    """Best (wall, outcomes, CPU) of each executor over `repeats` timings, taken in turns (baseline, dask,
+    dask, baseline, ...) so that a change in the machine's load falls on both sides alike."""
+    timings: dict[str, list] = {"baseline": [], "dask": []}
+    for r in range(repeats):
+        for name in ("baseline", "dask") if r % 2 == 0 else ("dask", "baseline"):
+            timings[name].append(timed_map(baseline if name == "baseline" else dask, generations))
+    return tuple(min(timings[k], key=lambda t: t[0]) for k in ("baseline", "dask"))
+
+
 def overhead(run_dir: Path, repeats: int, generations: int | None = None) -> dict:
+    """Dask with 1 worker against the serial executor, and with 2 workers against the local pool of 2."""
     from discovery.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
 
     data, jobs = fit_jobs(run_dir)
     jobs = jobs[:generations]
     n = sum(map(len, jobs))
-    serial = SerialExecutor(data)
-    list(serial.map(jobs[0][:2]))  # warm-up: imports, caches
-    t_serial, ref, cpu_serial = min((timed_map(serial, jobs) for _ in range(repeats)), key=lambda r: r[0])
-    outside_serial = t_serial - sum(o.seconds for o in ref)  # parsing and scoring around the fits
     row = {"task": data_task(run_dir), "train_rows": len(data.fit_part) + len(data.validation), "candidates": n,
-           "generations": len(jobs), "serial_s": t_serial, "serial_cpu_s": cpu_serial,
-           "serial_ms_per_candidate": 1000 * t_serial / n}
-    # the same parallelism without Dask: Kepler's own process pool of 2 (the default `--executor local`)
-    pool = LocalPoolExecutor(data, workers=2)
-    try:
-        list(pool.map(jobs[0][:4]))
-        t_pool, out, _ = min((timed_map(pool, jobs) for _ in range(repeats)), key=lambda r: r[0])
-    finally:
-        pool.close()
-    row["pool2_s"] = t_pool
-    row["pool2_identical"] = [(o.constants, o.val_r2) for o in out] == [(o.constants, o.val_r2) for o in ref]
+           "generations": len(jobs), "repeats": repeats}
+    ref = None
     for workers in (1, 2):
+        # the same parallelism without Dask: in this process (1), or Kepler's own process pool (2, the default
+        # `--executor local` on this machine)
+        baseline = SerialExecutor(data) if workers == 1 else LocalPoolExecutor(data, workers=2)
         t0 = time.perf_counter()
         ex = DaskExecutor(data, workers=workers)
         started = time.perf_counter() - t0
         try:
+            list(baseline.map(jobs[0][: 2 * workers]))  # warm-up: imports, caches
             t0 = time.perf_counter()
             list(ex.map(jobs[0][: 2 * workers]))  # warm-up: every worker imports the fitter once
             warm = time.perf_counter() - t0
-            t, out, cpu = min((timed_map(ex, jobs) for _ in range(repeats)), key=lambda r: r[0])
+            (t_base, base_out, cpu_base), (t, out, cpu) = side_by_side(baseline, ex, jobs, repeats)
         finally:
             ex.close()
+            baseline.close()
+        if workers == 1:
+            t_serial, ref, cpu_serial = t_base, base_out, cpu_base
+            outside_serial = t_serial - sum(o.seconds for o in ref)  # parsing and scoring around the fits
+            row.update(serial_s=t_serial, serial_cpu_s=cpu_serial, serial_ms_per_candidate=1000 * t_serial / n)
+        else:
+            row["pool2_s"] = t_base
+            row["pool2_identical"] = [(o.constants, o.val_r2) for o in base_out] == \
+                [(o.constants, o.val_r2) for o in ref]
         same = [(o.constants, o.val_r2, o.ok, o.recipe) for o in out] == \
             [(o.constants, o.val_r2, o.ok, o.recipe) for o in ref]
         row[f"dask{workers}_s"] = t
@@ -182,8 +194,8 @@ def overhead(run_dir: Path, repeats: int, generations: int | None = None) -> dic
         row[f"dask{workers}_dispatch_overhead"] = dispatch / t_serial
     row["speedup_dask2_vs_serial"] = t_serial / row["dask2_s"]
     # what the Dask path costs beyond the same parallelism on one machine: per candidate, and as a share
-    row["dask2_vs_pool2_overhead"] = (row["dask2_s"] - t_pool) / t_pool
-    row["dask2_vs_pool2_ms_per_candidate"] = 1000 * (row["dask2_s"] - t_pool) / n
+    row["dask2_vs_pool2_overhead"] = (row["dask2_s"] - row["pool2_s"]) / row["pool2_s"]
+    row["dask2_vs_pool2_ms_per_candidate"] = 1000 * (row["dask2_s"] - row["pool2_s"]) / n
     return row
 
 
@@ -205,7 +217,8 @@ def main() -> int:
     ap.add_argument("--children", type=int, default=5)
     ap.add_argument("--fit-starts", type=int, default=16, dest="fit_starts")
     ap.add_argument("--workers", type=int, default=2, help="dask LocalCluster workers for the sweep")
-    ap.add_argument("--repeats", type=int, default=2, help="timings of the overhead part (min taken)")
+    ap.add_argument("--repeats", type=int, default=4,
+                    help="timings of the overhead part, dask and its baseline in turns (min of each taken)")
     ap.add_argument("--out", help="keep the sweep directories here (default: a temporary folder)")
     ap.add_argument("--json", help="write the numbers to this file")
     ap.add_argument("--skip-sweep", action="store_true", help="only the overhead part (needs --out from a run)")

@@ -99,8 +99,8 @@ def test_dask_gives_the_serial_results(tmp_path, reference, workers):
 
 
 def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
-    """Data goes to the cluster once (to every worker); a task carries FitJobs only, a few per task once fits
-    are known to be short; outcomes come back in submission order."""
+    """Data goes to the cluster once (to every worker); a task carries FitJobs only, several per task (large
+    chunks first, single fits last) once fits are known to be short; outcomes come back in submission order."""
     pytest.importorskip("distributed", reason=NEEDS_DASK)
     from discovery.data import load_frame
     from discovery.executors import DaskExecutor, FitJob, run_fit
@@ -114,8 +114,8 @@ def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
         def __init__(self, value):
             self.value = value
 
-        def result(self):
-            return self.value
+        def exception(self):
+            return None
 
         def release(self):
             pass
@@ -136,6 +136,9 @@ def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
             self.submitted += [(data, chunk) for chunk in chunks]
             return [FakeFuture(fn(chunk, data.value)) for chunk in chunks]
 
+        def gather(self, futures):
+            return [f.value for f in futures]
+
         def nthreads(self):
             return {"tcp://a": 1, "tcp://b": 1}
 
@@ -152,13 +155,16 @@ def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
     ex.chunk_seconds = 1e3  # every fit now counts as short, however fast this machine is
     second = list(ex.map(jobs * 2))
     sizes = [len(chunk) for _, chunk in client.submitted[3:]]
-    assert sizes == [2] * 8, "short fits travel a few per task, four tasks per worker at least"
+    assert sizes == [6, 4, 2, 2, 1, 1], "short fits travel in guided chunks: large first, single fits last"
+    ex.chunk_seconds = 0.0  # every fit now counts as long: one per task
+    third = list(ex.map(jobs))
+    assert [len(chunk) for _, chunk in client.submitted[9:]] == [1] * len(jobs), "long fits go one per task"
     assert len(client.scattered) == 1 and client.scattered[0][1] is True, "data scattered once, to every worker"
     assert all(isinstance(d, FakeFuture) for d, _ in client.submitted), "the data goes by reference"
     assert all(type(j) is FitJob for _, chunk in client.submitted for j in chunk), "only FitJobs travel"
     expected = [run_fit(data, j) for j in jobs]
-    assert [(o.val_r2, o.constants) for o in first + second] == \
-        [(o.val_r2, o.constants) for o in expected[:3] + expected * 2], "submission order"
+    assert [(o.val_r2, o.constants) for o in first + second + third] == \
+        [(o.val_r2, o.constants) for o in expected[:3] + expected * 3], "submission order"
     ex.close()
 
 

@@ -10,7 +10,8 @@
    through `DaskExecutor` with 1 worker beside the serial executor, and with 2 workers beside Kepler's
    local pool of 2 (data scattered once; workers warmed up first; cluster start and scatter reported
    apart as one-off costs per campaign). Each pair is timed in turns, baseline and dask alternately,
-   `--repeats` times, and the fastest of each side is kept. Dask vs the local pool = (wall_dask2 - wall_pool2) / wall_pool2, the same jobs, generation by generation,
+   `--repeats` times, and the fastest of each side is kept.
+   Dask vs the local pool = (wall_dask2 - wall_pool2) / wall_pool2, the same jobs, generation by generation,
    on Kepler's own process pool of 2: what the Dask path costs beyond the same parallelism on one machine.
    overhead at 2 workers, end to end = (2 x wall_dask2 - wall_serial) / wall_serial: the worker-seconds
    spent per candidate beyond a serial fit (dispatch, transfer, idle workers at the end of a generation,

@@ -7,15 +7,15 @@ import math
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from discovery.console import make_console, showing
 from discovery.shape import SHAPE_KEPT
 from discovery.tasks import TaskError, list_tasks, load_task
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 def _num(x: float | None, digits: int = 4) -> str:
@@ -222,7 +222,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         campaign = Campaign(settings, on_progress=update)
     console.print(f"run directory: {campaign.run_dir}")
     try:
-        with live:
+        with showing(live):
             result = campaign.run()
     except KeyboardInterrupt:
         campaign.store.set_meta(status="interrupted")

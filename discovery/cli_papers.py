@@ -9,11 +9,12 @@ import csv
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+from discovery.console import make_console
+
+console = make_console()
+err_console = make_console(stderr=True)
 # The keys of discovery.export.FORMATS, listed here so `kepler --help` does not import SymPy (a test checks).
 FORMAT_NAMES = ("latex", "markdown", "json", "python", "sldbench", "bibtex")
 

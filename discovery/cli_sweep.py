@@ -11,14 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+from discovery.console import make_console, showing
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 BUDGET = ("generations", "population", "islands", "children", "time_limit", "fit_starts")
 
@@ -93,7 +95,7 @@ def _sweep(args: argparse.Namespace) -> int:
         if args.json:
             rows = sweep.run()
         else:
-            with Live(get_renderable=lambda: _progress_view(sweep), console=console, refresh_per_second=2):
+            with showing(Live(get_renderable=lambda: _progress_view(sweep), console=console, refresh_per_second=2)):
                 rows = sweep.run()
         failed = [dict(r) for r in sweep.rows() if r["status"] != "finished"]
     except KeyboardInterrupt:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from discovery.cli import main
+from discovery.cli import _num, main
 
 REPO = Path(__file__).resolve().parent.parent
 SLDBENCH = ["parallel_scaling_law", "vocab_scaling_law", "sft_scaling_law", "domain_mixture_scaling_law",
@@ -66,3 +67,18 @@ def test_discover_from_a_campaign_file_then_runs_lists_it(tmp_path, capsys):
     config.write_text('task = "parallel_scaling_law"\ngenerations = "many"\n')
     assert main(["discover", "--config", str(config)]) == 2
     assert "generations" in capsys.readouterr().err
+
+
+def test_discover_piped_to_a_log_prints_a_readable_table(tmp_path):
+    """Piped (a CI log, a file), the final table is laid out wide, not folded to 80 columns: each law's scores
+    stay on its own row's line, and the table's title starts a line of its own after the progress panel."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-m", "discovery", "discover", "parallel_scaling_law", "--generations", "1",
+                          "--population", "4", "--children", "4", "--executor", "serial", "--out",
+                          str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    human = json.loads((tmp_path / "run" / "best.json").read_text())["human"][0]
+    lines = out.stdout.splitlines()
+    assert any(line.strip().startswith("parallel_scaling_law: discovered vs human") for line in lines), out.stdout
+    row = next(line for line in lines if "human:" in line)
+    assert all(_num(human["test"][k]) in row for k in ("r2", "nmse", "nmae")), out.stdout

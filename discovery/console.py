@@ -1,0 +1,33 @@
+"""The consoles the command line prints to, set up so its tables stay readable in a log.
+
+Rich lays tables out for 80 columns when output is not a terminal (a file, a pipe, a CI log), which
+folds formulas and even numbers over several lines. There, unless COLUMNS says otherwise, Kepler
+prints `LOG_WIDTH` columns; on a terminal the terminal's own width is used.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.live import Live
+
+LOG_WIDTH = 160
+
+
+def make_console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    to_log = not (hasattr(stream, "isatty") and stream.isatty()) and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=LOG_WIDTH if to_log else None)
+
+
+@contextmanager
+def showing(live: Live) -> Iterator[Live]:
+    """Run a rich Live display; when output is not a terminal, end the line its last frame leaves open
+    (rich leaves the cursor there, and the next print would run on from it)."""
+    with live:
+        yield live
+    if not live.console.is_terminal:
+        live.console.line()

@@ -136,11 +136,12 @@ def timed_map(executor, generations) -> tuple[float, list, float]:
 def side_by_side(baseline, dask, generations, repeats: int) -> tuple[tuple, tuple]:
     """Best (wall, outcomes, CPU) of each executor over `repeats` timings, taken in turns (baseline, dask,
     dask, baseline, ...) so that a change in the machine's load falls on both sides alike."""
-    timings: dict[str, list] = {"baseline": [], "dask": []}
+    executors = {"baseline": baseline, "dask": dask}
+    timings: dict[str, list] = {name: [] for name in executors}
     for r in range(repeats):
         for name in ("baseline", "dask") if r % 2 == 0 else ("dask", "baseline"):
-            timings[name].append(timed_map(baseline if name == "baseline" else dask, generations))
-    return tuple(min(timings[k], key=lambda t: t[0]) for k in ("baseline", "dask"))
+            timings[name].append(timed_map(executors[name], generations))
+    return tuple(min(timings[name], key=lambda t: t[0]) for name in executors)
 
 
 def overhead(run_dir: Path, repeats: int, generations: int | None = None) -> dict:

@@ -7,7 +7,6 @@ prints `LOG_WIDTH` columns; on a terminal the terminal's own width is used.
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -18,9 +17,10 @@ LOG_WIDTH = 160
 
 
 def make_console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    to_log = not (hasattr(stream, "isatty") and stream.isatty()) and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=LOG_WIDTH if to_log else None)
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # rich's own terminal detection
+        console.width = LOG_WIDTH
+    return console
 
 
 @contextmanager

@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(BIN)/kepler discover sft_scaling_law
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

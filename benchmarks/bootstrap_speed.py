@@ -3,7 +3,7 @@
 The law is a task's human law fitted on the train split (default: vocab_scaling_law, 7 constants,
 1,080 train rows in one group). Measured in one process, on the same resamples:
   warm:  `fit_group` with one start, the point estimate as warm start, one refinement (what
-         `discovery.uncertainty.bootstrap_law` does);
+         `discovery.laws.uncertainty.bootstrap_law` does);
   naive: `fit_group` with the fitter's defaults (128 quasi-random starts, 3 refinements), as if each
          resample were a new fit.
 Both are timed serially on the same `--sample` resamples (per-resample seconds, and the ratio), then the
@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from discovery.data import load_frame  # noqa: E402
-from discovery.fit import FitOptions, fit_group, fit_law  # noqa: E402
-from discovery.tasks import load_task  # noqa: E402
-from discovery.uncertainty import BootstrapOptions, bootstrap_law  # noqa: E402
+from discovery.laws.fit import FitOptions, fit_group, fit_law  # noqa: E402
+from discovery.laws.uncertainty import BootstrapOptions, bootstrap_law  # noqa: E402
+from discovery.tasks.data import load_frame  # noqa: E402
+from discovery.tasks.spec import load_task  # noqa: E402
 from evaluators.benchmark import parse_human_law  # noqa: E402
 from evaluators.protocol import Protocol  # noqa: E402
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     opts = FitOptions.from_settings(human.fit)
     point_fit = fit_law(law, protocol.train, task.targets, human.constants, opts)
     point = {k: f.theta for k, f in point_fit.fits.items()}
-    from discovery.uncertainty import _pools  # the same pools the bootstrap resamples from
+    from discovery.laws.uncertainty import _pools  # the same pools the bootstrap resamples from
 
     pools = _pools(law, protocol.train, point, opts.drop_highest_targets)
     warm_opts = replace(opts, n_starts=1, n_refine=1, drop_highest_targets=0, max_nfev=200)

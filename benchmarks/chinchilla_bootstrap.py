@@ -4,7 +4,7 @@ Epoch's method, as the task file records it: L = E + A/N**alpha + B/D**beta, Hub
 on log loss, the 5 highest-loss runs dropped, fitted on all 245 extracted points; 95% bootstrap
 intervals A (285, 744), B (1042, 5810), E (1.769, 1.871), alpha (0.317, 0.373), beta (0.331, 0.415).
 Kepler fits the same law with the same settings (the task's "Besiroglu et al. 2024 (refit)" human law)
-and bootstraps it with `discovery.uncertainty.bootstrap_law`. Two data settings are reported:
+and bootstraps it with `discovery.laws.uncertainty.bootstrap_law`. Two data settings are reported:
   all:   all 245 rows, Epoch's setting (this reads the task's test rows: a replication, not a benchmark);
   train: Kepler's train split only (225 rows, flops <= 1.1e21).
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from discovery.data import load_frame  # noqa: E402
-from discovery.dataset import Dataset  # noqa: E402
-from discovery.fit import FitOptions, fit_law  # noqa: E402
-from discovery.tasks import load_task  # noqa: E402
-from discovery.uncertainty import BootstrapOptions, bootstrap_law  # noqa: E402
+from discovery.laws.fit import FitOptions, fit_law  # noqa: E402
+from discovery.laws.uncertainty import BootstrapOptions, bootstrap_law  # noqa: E402
+from discovery.tasks.data import load_frame  # noqa: E402
+from discovery.tasks.dataset import Dataset  # noqa: E402
+from discovery.tasks.spec import load_task  # noqa: E402
 from evaluators.benchmark import parse_human_law  # noqa: E402
 from evaluators.protocol import Protocol  # noqa: E402
 

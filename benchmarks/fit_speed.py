@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ from scipy.optimize import minimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from discovery.data import load_frame  # noqa: E402
-from discovery.fit import FitOptions, GroupFit, LawFit, _objective, _residuals, _sample_starts, _specs_for, fit_law  # noqa: E402
-from discovery.tasks import list_tasks, load_task  # noqa: E402
+from discovery.laws.fit import FitOptions, GroupFit, LawFit, _objective, _residuals, _sample_starts, _specs_for, fit_law  # noqa: E402
+from discovery.tasks.data import load_frame  # noqa: E402
+from discovery.tasks.spec import list_tasks, load_task  # noqa: E402
 from evaluators.benchmark import parse_human_law  # noqa: E402
 from evaluators.metrics import score  # noqa: E402
 from evaluators.protocol import Protocol  # noqa: E402
@@ -59,7 +60,8 @@ def baseline_fit(law, data, targets, specs, opts: FitOptions, method: str) -> La
             f = _objective_fn(law, X[keep], y[keep], opts)
             if method == "lbfgsb256":
                 starts = _sample_starts(init, lo, hi, 256, opts.seed)
-                bounds = list(zip(np.where(np.isfinite(lo), lo, None), np.where(np.isfinite(hi), hi, None)))
+                bounds = list(zip(np.where(np.isfinite(lo), lo, None), np.where(np.isfinite(hi), hi, None),
+                                  strict=True))
                 best = None
                 for x0 in starts:
                     r = minimize(f, np.clip(x0, lo, hi), method="L-BFGS-B", bounds=bounds)
@@ -96,11 +98,10 @@ def run(task_names: list[str]) -> list[dict]:
             law.jacobian(protocol.train.X[:2], np.ones(len(law.constants)))
             _ = law.separable
             results = {}
-            for label, fn in (("kepler", lambda: fit_law(law, protocol.train, task.targets, human.constants, opts)),
-                              ("lbfgsb256", lambda: baseline_fit(law, protocol.train, task.targets, human.constants,
-                                                                 opts, "lbfgsb256")),
-                              ("bfgs_ones", lambda: baseline_fit(law, protocol.train, task.targets, human.constants,
-                                                                 opts, "bfgs"))):
+            problem = (law, protocol.train, task.targets, human.constants, opts)
+            for label, fn in (("kepler", partial(fit_law, *problem)),
+                              ("lbfgsb256", partial(baseline_fit, *problem, "lbfgsb256")),
+                              ("bfgs_ones", partial(baseline_fit, *problem, "bfgs"))):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     t0 = time.perf_counter()

@@ -33,12 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from discovery.data import load_frame  # noqa: E402
-from discovery.proposers.base import ProposalContext  # noqa: E402
-from discovery.proposers.llm import LLMProposer  # noqa: E402
-from discovery.proposers.replies import ReplyError, _extract, validate_items  # noqa: E402
-from discovery.summaries import data_summary  # noqa: E402
-from discovery.tasks import load_task  # noqa: E402
+from discovery.search.proposers.base import ProposalContext  # noqa: E402
+from discovery.search.proposers.llm import LLMProposer  # noqa: E402
+from discovery.search.proposers.replies import ReplyError, _extract, validate_items  # noqa: E402
+from discovery.search.summaries import data_summary  # noqa: E402
+from discovery.tasks.data import load_frame  # noqa: E402
+from discovery.tasks.spec import load_task  # noqa: E402
 from evaluators.protocol import Protocol  # noqa: E402
 from tests.localmodel import MODEL_NAME, LocalModelServer, ModelProxy, unavailable_reason  # noqa: E402
 

@@ -49,7 +49,7 @@ OVERHEAD_TASKS = ["vocab_scaling_law", "lr_bsz_scaling_law", "sft_scaling_law"]
 
 
 def candidates(run_dir: Path) -> list[tuple]:
-    from discovery.store import Store
+    from discovery.search.store import Store
 
     store = Store(run_dir / "campaign.sqlite")
     try:
@@ -64,7 +64,7 @@ def best(run_dir: Path) -> dict:
 
 
 def run_sweep(out: Path, args, executor: str, workers: int) -> tuple[float, object]:
-    from discovery.sweep import Sweep, make_sweep_settings
+    from discovery.search.sweep import Sweep, make_sweep_settings
 
     settings = make_sweep_settings(tasks=",".join(args.tasks), seeds=args.seeds, proposers=["offline"],
                                    executor=executor, workers=workers, generations=args.generations,
@@ -95,8 +95,8 @@ def compare_sweeps(a: Path, b: Path) -> tuple[bool, list[str]]:
 
 def fit_jobs(run_dir: Path):
     """The FitJobs a campaign sent to its executor, rebuilt from its store (evaluated and failed candidates)."""
-    from discovery.campaign import Campaign, _specs_from_json
-    from discovery.executors import FitJob
+    from discovery.search.campaign import Campaign, _specs_from_json
+    from discovery.search.executors import FitJob
 
     campaign = Campaign.resume(run_dir)
     try:
@@ -146,7 +146,7 @@ def side_by_side(baseline, dask, generations, repeats: int) -> tuple[tuple, tupl
 
 def overhead(run_dir: Path, repeats: int, generations: int | None = None) -> dict:
     """Dask with 1 worker against the serial executor, and with 2 workers against the local pool of 2."""
-    from discovery.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
+    from discovery.search.executors import DaskExecutor, LocalPoolExecutor, SerialExecutor
 
     data, jobs = fit_jobs(run_dir)
     jobs = jobs[:generations]
@@ -233,7 +233,7 @@ def main() -> int:
                          "budget runs, ~950 candidates each) instead of the short sweep's runs")
     args = ap.parse_args()
 
-    from discovery.executors import require_dask
+    from discovery.search.executors import require_dask
 
     require_dask()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="kepler-scaleout-"))

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from discovery.data import load_frame
-from discovery.dataset import Dataset
-from discovery.fit import FitOptions, LawFit, fit_law, fixed_law
-from discovery.law import Law, parse_law
-from discovery.tasks import HumanLaw, Task, load_task
+from discovery.laws.fit import FitOptions, LawFit, fit_law, fixed_law
+from discovery.laws.law import Law, parse_law
+from discovery.tasks.data import load_frame
+from discovery.tasks.dataset import Dataset
+from discovery.tasks.spec import HumanLaw, Task, load_task
 from evaluators.metrics import rmse, score
 from evaluators.protocol import Protocol
 
@@ -201,7 +201,8 @@ def leaderboard(rows: list[BenchRow], runs_root: Path) -> list[LeaderRow]:
 
 
 def leaderboard_markdown(board: list[LeaderRow]) -> str:
-    lines = ["| task | entry | law | formula | constants | complexity | R² validation | R² test | NMSE test | NMAE test |",
+    lines = ["| task | entry | law | formula | constants | complexity | R² validation | R² test | NMSE test "
+             "| NMAE test |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in board:
         lines.append(f"| {r.task} | {r.entry} | {r.law} | `{r.formula}` | {r.n_constants} | {r.complexity} | "

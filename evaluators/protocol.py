@@ -16,8 +16,8 @@ import threading
 import numpy as np
 import pandas as pd
 
-from discovery.dataset import Dataset
-from discovery.tasks import SplitSpec, Task
+from discovery.tasks.dataset import Dataset
+from discovery.tasks.spec import SplitSpec, Task
 from evaluators.metrics import Scores, score_blocks
 
 _LOCK = threading.Lock()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from discovery.campaign import Campaign, CampaignSettings
-from discovery.store import Store
+from discovery.search.campaign import Campaign, CampaignSettings
+from discovery.search.store import Store
 from evaluators import protocol as protocol_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,8 +68,8 @@ def test_test_split_is_read_only_by_the_final_report(tmp_path, monkeypatch):
 
 
 def test_protocol_keeps_test_rows_out_of_fit_and_validation():
-    from discovery.data import load_frame
-    from discovery.tasks import load_task
+    from discovery.tasks.data import load_frame
+    from discovery.tasks.spec import load_task
     from evaluators.protocol import Protocol
 
     task = load_task("sft_scaling_law")
@@ -83,6 +83,7 @@ def test_protocol_keeps_test_rows_out_of_fit_and_validation():
     for g in p.validation.group_names:
         val_max = p.validation.X[p.validation.groups == g, 0].min()
         fit_max = p.fit_part.X[p.fit_part.groups == g, 0].max()
+        assert val_max > fit_max
 
 
 def test_a_corner_test_split_gets_a_validation_of_corners():
@@ -90,8 +91,8 @@ def test_a_corner_test_split_gets_a_validation_of_corners():
     rows at its own largest budget, and the fit part keeps each size's smaller budgets."""
     import numpy as np
 
-    from discovery.data import load_frame
-    from discovery.tasks import SplitSpec, load_task
+    from discovery.tasks.data import load_frame
+    from discovery.tasks.spec import SplitSpec, load_task
     from evaluators.protocol import Protocol
 
     task = load_task("lr_bsz_scaling_law")
@@ -107,7 +108,6 @@ def test_a_corner_test_split_gets_a_validation_of_corners():
     assert "largest `data_size`" in task.split.describe_validation()
     with pytest.raises(ValueError, match="validation_per"):
         SplitSpec(rule="-", validation_axis="data_size", validation_rule="largest_per")
-        assert val_max > fit_max
 
 
 def _launch(out: Path, generations: int) -> subprocess.Popen:

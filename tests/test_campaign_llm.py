@@ -6,11 +6,11 @@ import sqlite3
 
 import pytest
 
-from discovery.campaign import Campaign, CampaignSettings
-from discovery.proposers.llm import LLMProposer
-from discovery.proposers.mixed import MixedProposer
-from discovery.proposers.offline import OfflineProposer
-from discovery.tasks import load_task
+from discovery.search.campaign import Campaign, CampaignSettings
+from discovery.search.proposers.llm import LLMProposer
+from discovery.search.proposers.mixed import MixedProposer
+from discovery.search.proposers.offline import OfflineProposer
+from discovery.tasks.spec import load_task
 from tests.llm_server import ScriptedLLMServer, reply, slow, status
 
 GOOD_1 = "E + A/N**alpha + B/D**beta"

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from discovery.cli import _num, main
+from discovery.cli import main
+from discovery.cli.console import num
 
 REPO = Path(__file__).resolve().parent.parent
 SLDBENCH = ["parallel_scaling_law", "vocab_scaling_law", "sft_scaling_law", "domain_mixture_scaling_law",
@@ -42,7 +43,8 @@ def test_bench_meets_published_scores_and_writes_results(tmp_path, capsys):
     fitted = {r["task"]: r for r in rows if r["variant"] == "kepler_fit"}
     for task, r in fitted.items():
         assert r["r2_clipped"] >= r["published_r2"] - 0.02, (task, r["r2"], r["published_r2"])
-    fixed = next(r for r in rows if r["task"] == "data_constrained_scaling_law" and r["variant"] == "published_constants")
+    fixed = next(r for r in rows
+                 if r["task"] == "data_constrained_scaling_law" and r["variant"] == "published_constants")
     assert abs(fixed["r2"] - 0.911) <= 0.002
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.md").exists() and (tmp_path / "bench.csv").exists()
 
@@ -81,4 +83,4 @@ def test_discover_piped_to_a_log_prints_a_readable_table(tmp_path):
     lines = out.stdout.splitlines()
     assert any(line.strip().startswith("parallel_scaling_law: discovered vs human") for line in lines), out.stdout
     row = next(line for line in lines if "human:" in line)
-    assert all(_num(human["test"][k]) in row for k in ("r2", "nmse", "nmae")), out.stdout
+    assert all(num(human["test"][k]) in row for k in ("r2", "nmse", "nmae")), out.stdout

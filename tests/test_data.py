@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discovery import converters, data
-from discovery.data import DataError, load_frame
-from discovery.tasks import list_tasks, load_task
+from discovery.tasks import converters, data
+from discovery.tasks.data import DataError, load_frame
+from discovery.tasks.spec import list_tasks, load_task
 
 TASKS = list_tasks()
 CHIN = "chinchilla_approach3"
@@ -196,7 +196,7 @@ SLDBENCH_EXTRAS = {"easy_question_scaling_law": ["flops", "model_name"]}
 
 @pytest.mark.parametrize("name", sorted(SLDBENCH_TARGETS))
 def test_sldbench_converter_reproduces_data_csv(name, datasets_dir):
-    from discovery.tasks import Task
+    from discovery.tasks.spec import Task
 
     expected = pd.read_csv(datasets_dir / name / "data.csv")
     targets = SLDBENCH_TARGETS[name]
@@ -327,12 +327,14 @@ def test_empty_and_infinite_cells_after_a_blank_line(tmp_path, datasets_dir, mon
 
 
 def test_other_split_values_are_dropped_and_counted(tmp_path, datasets_dir, monkeypatch):
-    _write_chinchilla(tmp_path, datasets_dir, lambda ls: _set_cell(_set_cell(ls, 2, "split", "excluded"), 3, "loss", "x"))
+    _write_chinchilla(tmp_path, datasets_dir,
+                      lambda ls: _set_cell(_set_cell(ls, 2, "split", "excluded"), 3, "loss", "x"))
     monkeypatch.setenv("KEPLER_DATA_DIR", str(tmp_path / "data"))
     with pytest.raises(DataError, match="line 3"):  # a bad cell in a kept row is still refused
         load_frame(load_task(CHIN))
     data.clear_cache()
-    _write_chinchilla(tmp_path, datasets_dir, lambda ls: _set_cell(_set_cell(ls, 2, "split", "excluded"), 2, "loss", "x"))
+    _write_chinchilla(tmp_path, datasets_dir,
+                      lambda ls: _set_cell(_set_cell(ls, 2, "split", "excluded"), 2, "loss", "x"))
     frame = load_frame(load_task(CHIN))  # ...but not in a dropped row
     assert frame.attrs["dropped_split_rows"] == {"excluded": 1}
     assert len(frame) == 244

@@ -18,16 +18,17 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from discovery.campaign import Campaign, CampaignSettings
 from discovery.cli import main
-from discovery.data import load_frame
-from discovery.export import FORMATS, export, record_from_run
-from discovery.export.latex import PreciseLatexPrinter, render as render_latex, to_latex
-from discovery.export.record import record_from_law
-from discovery.fit import FitOptions, fit_law
-from discovery.law import _canonical_rename, parse_law
-from discovery.tasks import list_tasks, load_task
-from discovery.uncertainty import BootstrapOptions, attach
+from discovery.laws.fit import FitOptions, fit_law
+from discovery.laws.law import _canonical_rename, parse_law
+from discovery.laws.uncertainty import BootstrapOptions
+from discovery.outputs.export import FORMATS, export, record_from_run
+from discovery.outputs.export.latex import PreciseLatexPrinter, to_latex
+from discovery.outputs.export.latex import render as render_latex
+from discovery.outputs.record import attach, record_from_law
+from discovery.search.campaign import Campaign, CampaignSettings
+from discovery.tasks.data import load_frame
+from discovery.tasks.spec import list_tasks, load_task
 from evaluators.benchmark import parse_human_law
 from evaluators.protocol import Protocol
 
@@ -79,7 +80,7 @@ def test_json_round_trip_through_fit_from_reproduces_predictions_exactly(record,
         assert list(out["constants"][f"{g}|{record.targets[t]}"].values()) == [float(v) for v in theta]
 
     test = _test_rows(record)
-    expected = {int(r): p for r, p in zip(test.rows, record.predict(test)[:, 0])}
+    expected = {int(r): p for r, p in zip(test.rows, record.predict(test)[:, 0], strict=True)}
     with preds.open() as fh:
         got = {int(row["row"]): float(row["pred_loss"]) for row in csv.DictReader(fh) if row["split"] == "test"}
     assert got.keys() == expected.keys()
@@ -118,7 +119,8 @@ def _fresh_predict(module: Path, X: np.ndarray, groups: np.ndarray, tmp_path: Pa
         X = np.load({str(tmp_path / 'X.npy')!r})
         groups = json.load(open({str(tmp_path / 'groups.json')!r}))
         np.save({str(tmp_path / 'out.npy')!r}, law.predict(X, groups))
-        print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('discovery', 'evaluators', 'sympy', 'scipy'))))
+        roots = ('discovery', 'evaluators', 'sympy', 'scipy')
+        print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in roots)))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
@@ -216,7 +218,7 @@ def test_sldbench_program_scores_what_kepler_reports(record, tmp_path):
 
 
 def test_sldbench_fingerprint_is_the_same_in_kepler_and_in_the_program(record, tmp_path):
-    from discovery.export.sldbench import fingerprint
+    from discovery.outputs.export.sldbench import fingerprint
 
     prog = _load(export(record, ["sldbench"], tmp_path)[0])
     train = record.extra["protocol"].train
@@ -333,7 +335,8 @@ def test_latex_snippet_compiles_in_a_standard_article(record, tmp_path):
     _check_latex_snippet(render_latex(_multi_target_record()))
     if shutil.which("pdflatex") is None:
         return  # no TeX here: the structural check above stands in for compiling
-    doc = "\\documentclass{article}\n\\usepackage{booktabs,amsmath}\n\\begin{document}\n" + snippet + "\\end{document}\n"
+    doc = ("\\documentclass{article}\n\\usepackage{booktabs,amsmath}\n\\begin{document}\n" + snippet
+           + "\\end{document}\n")
     (tmp_path / "doc.tex").write_text(doc)
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
@@ -352,7 +355,7 @@ def test_markdown_and_bibtex(record, tmp_path):
 
 
 def test_export_command_writes_every_format(run_dir, tmp_path, capsys):
-    from discovery.cli_papers import FORMAT_NAMES
+    from discovery.cli.papers import FORMAT_NAMES
 
     assert tuple(FORMATS) == FORMAT_NAMES
     out = tmp_path / "export"

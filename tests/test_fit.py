@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discovery.dataset import Dataset
-from discovery.fit import FitOptions, fit_group, fit_law
-from discovery.law import parse_law
-from discovery.tasks import ConstantSpec
+from discovery.laws.fit import FitOptions, fit_group, fit_law
+from discovery.laws.law import parse_law
+from discovery.tasks.dataset import Dataset
+from discovery.tasks.values import ConstantSpec
 
 
 def _planted(n=200, noise=0.0, seed=0):
@@ -30,7 +30,7 @@ LAW = parse_law("E + A/N**alpha + B/D**beta", ["N", "D"])
 def test_recovers_planted_chinchilla_constants():
     X, y = _planted()
     fit = fit_group(LAW, X, y, SPECS, FitOptions())
-    got = dict(zip(LAW.constant_names, fit.theta))
+    got = dict(zip(LAW.constant_names, fit.theta, strict=True))
     assert fit.status == "ok"
     assert got["alpha"] == pytest.approx(0.35, rel=1e-4)
     assert got["beta"] == pytest.approx(0.37, rel=1e-4)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from discovery.data import load_frame
-from discovery.identifiability import redundant_constants, screening_rows
-from discovery.law import parse_law
-from discovery.proposers.base import ProposalContext, Survivor
-from discovery.proposers.offline import OfflineProposer
-from discovery.tasks import load_task
+from discovery.laws.identifiability import redundant_constants, screening_rows
+from discovery.laws.law import parse_law
+from discovery.search.proposers.base import ProposalContext, Survivor
+from discovery.search.proposers.offline import OfflineProposer
+from discovery.tasks.data import load_frame
+from discovery.tasks.spec import load_task
 from evaluators.protocol import Protocol
 
 GRID = np.array([[e, n] for e in np.geomspace(1, 512, 8) for n in np.geomspace(1e7, 4e8, 5)])

@@ -11,7 +11,7 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discovery.law import LawError, parse_law
+from discovery.laws.law import LawError, parse_law
 
 VARS = ["N", "D"]
 
@@ -150,7 +150,7 @@ def test_prediction_and_jacobian_match_sympy_and_finite_differences():
     X = np.column_stack([rng.uniform(1, 10, 20), rng.uniform(1, 40, 20)])
     theta = rng.uniform(0.2, 1.5, len(law.constants))
     pred = law.predict(X, theta)
-    subs = {c: v for c, v in zip(law.constants, theta)}
+    subs = {c: v for c, v in zip(law.constants, theta, strict=True)}
     for i in range(3):
         exact = float(law.expr.subs({**subs, law.variables[0]: X[i, 0], law.variables[1]: X[i, 1]}))
         assert pred[i] == pytest.approx(exact, rel=1e-12)

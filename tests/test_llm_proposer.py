@@ -17,12 +17,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_server import ScriptedLLMServer, reply, response_format_type, slow, status  # noqa: E402
 
-from discovery.proposers.base import BudgetExhausted, ProposalContext, Rejection, Survivor  # noqa: E402
-from discovery.proposers.llm import DEFAULT_PRICES, LLMProposer, request_hash  # noqa: E402
-from discovery.proposers.prompting import Templates, build_messages  # noqa: E402
-from discovery.proposers.replies import (FORMULA_PATTERN, CandidateIn, extract_candidates,  # noqa: E402
-                                         parse_reply, reply_json_schema)
-from discovery.tasks import ConstantSpec, Task  # noqa: E402
+from discovery.search.proposers.base import BudgetExhausted, ProposalContext, Rejection, Survivor  # noqa: E402
+from discovery.search.proposers.llm import DEFAULT_PRICES, LLMProposer, request_hash  # noqa: E402
+from discovery.search.proposers.prompting import Templates, build_messages  # noqa: E402
+from discovery.search.proposers.replies import (  # noqa: E402
+    FORMULA_PATTERN,
+    CandidateIn,
+    extract_candidates,
+    parse_reply,
+    reply_json_schema,
+)
+from discovery.tasks.spec import Task
+from discovery.tasks.values import ConstantSpec  # noqa: E402
 
 TASK = Task.model_validate({
     "name": "toy_chinchilla",
@@ -171,7 +177,7 @@ def test_constant_bounds_defaults_and_clamping():
 
 
 def test_duplicates_and_already_evaluated():
-    from discovery.law import parse_law
+    from discovery.laws.law import parse_law
 
     seen = frozenset({parse_law("E + A*(N/1e9)**(-a)", ["N", "D"]).hash})
     same = {"formula": "A/N**alpha + E + B/D**beta", "constants": CHINCHILLA["constants"]}
@@ -314,7 +320,8 @@ def test_missing_usage_counts_zero(server):
 def test_cache_replays_without_the_service(server, tmp_path):
     cache = tmp_path / "llm_cache"
     bad = '{"candidates": [{"formula": "A*params", "constants": {"A": {}}}]}'
-    server.push(reply(GOOD, prompt_tokens=900, completion_tokens=90), reply(bad, prompt_tokens=800, completion_tokens=80))
+    server.push(reply(GOOD, prompt_tokens=900, completion_tokens=90),
+                reply(bad, prompt_tokens=800, completion_tokens=80))
     contexts = [ctx(seed=11, island=0), ctx(seed=12, island=1)]
     first = make(server, cache_dir=cache, concurrency=1, prices={"test-model": (1.0, 1.0)}).propose(contexts)
     assert len(list(cache.glob("*.json"))) == 2 and not list(cache.glob("*.tmp"))
@@ -324,7 +331,7 @@ def test_cache_replays_without_the_service(server, tmp_path):
     replay = LLMProposer("test-model", base_url=url, cache_dir=cache, replay_only=True, max_calls=2,
                          prices={"test-model": (1.0, 1.0)})
     again = replay.propose(contexts)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         assert a.candidates == b.candidates and a.rejections == b.rejections
         assert [c.request_hash for c in a.calls] == [c.request_hash for c in b.calls]
         assert [(c.prompt_tokens, c.completion_tokens) for c in a.calls] == \
@@ -536,7 +543,7 @@ def test_forced_modes_never_fall_back(server):
 
 
 def test_from_settings_reads_structured(monkeypatch):
-    from discovery.campaign import CampaignSettings
+    from discovery.search.campaign import CampaignSettings
 
     monkeypatch.setenv("KEPLER_LLM_MAX_REPLY_TOKENS", "300")
     for mode, first in [("auto", "json_schema"), ("schema", "json_schema"), ("json", "json_object"), ("off", "text")]:

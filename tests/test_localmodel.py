@@ -27,10 +27,10 @@ if _reason:
     pytest.skip(_reason, allow_module_level=True)
 
 from discovery import cli  # noqa: E402
-from discovery.campaign import Campaign, CampaignSettings  # noqa: E402
-from discovery.proposers.llm import LLMProposer  # noqa: E402
-from discovery.proposers.mixed import MixedProposer  # noqa: E402
-from discovery.proposers.offline import OfflineProposer  # noqa: E402
+from discovery.search.campaign import Campaign, CampaignSettings  # noqa: E402
+from discovery.search.proposers.llm import LLMProposer  # noqa: E402
+from discovery.search.proposers.mixed import MixedProposer  # noqa: E402
+from discovery.search.proposers.offline import OfflineProposer  # noqa: E402
 
 pytestmark = pytest.mark.localmodel
 

@@ -5,11 +5,11 @@ import re
 
 import numpy as np
 
-from discovery.data import load_frame
-from discovery.law import parse_law
-from discovery.proposers.base import ProposalContext
-from discovery.proposers.offline import OfflineProposer
-from discovery.tasks import load_task
+from discovery.laws.law import parse_law
+from discovery.search.proposers.base import ProposalContext
+from discovery.search.proposers.offline import OfflineProposer
+from discovery.tasks.data import load_frame
+from discovery.tasks.spec import load_task
 
 
 def _proposals(task_name: str, n: int = 40, seeds: range = range(6)) -> list:

@@ -10,19 +10,19 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from discovery.campaign import Campaign, CampaignSettings
 from discovery.cli import main
-from discovery.data import load_frame
-from discovery.export.record import record_from_law
-from discovery.fit import FitOptions, fit_law
-from discovery.plots import plot_all, splits_of
-from discovery.tasks import load_task
-from discovery.uncertainty import BootstrapOptions, attach
+from discovery.laws.fit import FitOptions, fit_law
+from discovery.laws.uncertainty import BootstrapOptions
+from discovery.outputs.plots import plot_all, splits_of
+from discovery.outputs.record import attach, record_from_law
+from discovery.search.campaign import Campaign, CampaignSettings
+from discovery.tasks.data import load_frame
+from discovery.tasks.spec import load_task
 from evaluators.benchmark import parse_human_law
 from evaluators.protocol import Protocol
 
 SMALL = dict(generations=2, population=6, islands=1, children=6, fit_starts=16, executor="serial")
-matplotlib.use("Agg")  # the smoke tests render headless; discovery.plots itself never touches pyplot
+matplotlib.use("Agg")  # the smoke tests render headless; discovery.outputs.plots itself never touches pyplot
 FIGURES = ["observed_vs_predicted", "curves", "residuals", "pareto", "history"]
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from discovery.campaign import Campaign, CampaignSettings
-from discovery.executors import DASK_INSTALL, DaskUnavailable, FitData, make_executor
-from discovery.store import Store
-from discovery.sweep import Sweep, make_sweep_settings, parse_seeds, parse_tasks, run_campaign
+from discovery.search.campaign import Campaign, CampaignSettings
+from discovery.search.executors import DASK_INSTALL, DaskUnavailable, FitData, make_executor
+from discovery.search.store import Store
+from discovery.search.sweep import Sweep, make_sweep_settings, parse_seeds, parse_tasks, run_campaign
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = "parallel_scaling_law"
@@ -72,7 +72,7 @@ def test_without_dask_the_error_names_the_install_command(tmp_path, monkeypatch,
     with pytest.raises(DaskUnavailable, match=r'pip install -e "\.\[dask\]"'):
         _campaign(tmp_path / "run", "dask", workers=1)
 
-    from discovery.cli_sweep import main
+    from discovery.cli import main
 
     code = main(["sweep", "--tasks", TASK, "--executor", "dask", "--out", str(tmp_path / "sweep")])
     err = capsys.readouterr().err
@@ -102,10 +102,10 @@ def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
     """Data goes to the cluster once (to every worker); a task carries FitJobs only, several per task (large
     chunks first, single fits last) once fits are known to be short; outcomes come back in submission order."""
     pytest.importorskip("distributed", reason=NEEDS_DASK)
-    from discovery.data import load_frame
-    from discovery.executors import DaskExecutor, FitJob, run_fit
-    from discovery.fit import FitOptions
-    from discovery.tasks import load_task
+    from discovery.laws.fit import FitOptions
+    from discovery.search.executors import DaskExecutor, FitJob, run_fit
+    from discovery.tasks.data import load_frame
+    from discovery.tasks.spec import load_task
     from evaluators.protocol import Protocol
 
     class FakeFuture:
@@ -175,7 +175,7 @@ def test_killed_dask_worker_loses_nothing(tmp_path, reference, monkeypatch, work
     """SIGKILL a worker that holds fits of generation 1: its fits are redone elsewhere (with one worker, on
     the restarted one, the scattered data sent again); the store equals an uninterrupted run's."""
     pytest.importorskip("distributed", reason=NEEDS_DASK)
-    from discovery import executors
+    from discovery.search import executors
 
     ref_dir, ref = reference
     killed: list[tuple[int, list]] = []
@@ -231,7 +231,7 @@ def test_grid_parsing():
 
 
 def test_sweep_file(tmp_path):
-    from discovery.sweep import load_sweep_file
+    from discovery.search.sweep import load_sweep_file
 
     path = tmp_path / "sweep.toml"
     path.write_text('tasks = "parallel_scaling_law,vocab_scaling_law"\nseeds = "0-2"\nproposer = "offline"\n'
@@ -258,7 +258,7 @@ def test_sweep_killed_then_resumed_keeps_finished_runs(tmp_path):
     """kill -9 a sweep while its second run is mid-campaign; --resume keeps the first run as it was and
     finishes the second from its own store, equal to an uninterrupted campaign."""
     sweep_dir = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "discovery.cli_sweep", "sweep", "--tasks", f"{TASK},vocab_scaling_law",
+    cmd = [sys.executable, "-m", "discovery", "sweep", "--tasks", f"{TASK},vocab_scaling_law",
            "--seeds", "1", "--generations", "3", "--population", "6", "--children", "5", "--fit-starts", "16",
            "--executor", "serial", "--out", str(sweep_dir), "--json"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())

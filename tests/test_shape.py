@@ -7,13 +7,14 @@ import sqlite3
 import numpy as np
 import pytest
 
-from discovery.data import load_frame
-from discovery.executors import FitData, FitJob, SerialExecutor
-from discovery.fit import FitOptions
-from discovery.population import Member, Population, pareto_front
-from discovery.shape import SHAPE_KEPT, Direction, ShapePriors, violation
-from discovery.store import Store
-from discovery.tasks import TASKS_DIR, ConstantSpec, TaskError, load_task, load_task_file
+from discovery.laws.fit import FitOptions
+from discovery.laws.shape import SHAPE_KEPT, violation
+from discovery.search.executors import FitData, FitJob, SerialExecutor
+from discovery.search.population import Member, Population, pareto_front
+from discovery.search.store import Store
+from discovery.tasks.data import load_frame
+from discovery.tasks.spec import TASKS_DIR, TaskError, load_task, load_task_file
+from discovery.tasks.values import ConstantSpec, Direction, ShapePriors
 from evaluators.protocol import Protocol
 
 DECREASING_N = ShapePriors((Direction(0, "N", -1),))
@@ -103,7 +104,7 @@ def test_on_moe_the_validation_winner_with_a_log_n_term_is_flagged_and_clarks_fo
 
 
 def test_campaign_reports_shape_of_best_and_human_law(tmp_path):
-    from discovery.campaign import Campaign, CampaignSettings
+    from discovery.search.campaign import Campaign, CampaignSettings
 
     result = Campaign(CampaignSettings(task="moe_scaling_law", out=str(tmp_path / "run"), generations=2,
                                        population=6, children=4, executor="serial", fit_starts=8)).run()

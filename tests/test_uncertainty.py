@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discovery.dataset import Dataset
-from discovery.fit import FitOptions, fit_law
-from discovery.law import parse_law
-from discovery.tasks import ConstantSpec
-from discovery.uncertainty import BootstrapOptions, bootstrap_law, coverage, summary
+from discovery.laws.fit import FitOptions, fit_law
+from discovery.laws.law import parse_law
+from discovery.laws.uncertainty import BootstrapOptions, bootstrap_law, coverage, summary
+from discovery.tasks.dataset import Dataset
+from discovery.tasks.values import ConstantSpec
 
 TRUE = {"E": 1.5, "A": 4.0, "alpha": 0.5}
 SPECS = {"E": ConstantSpec(init=1.0, bounds=(0.0, 10.0)), "A": ConstantSpec(init=1.0, bounds=(0.0, 100.0)),
@@ -67,7 +67,7 @@ def test_planted_law_intervals_cover_the_true_constants_at_about_the_nominal_rat
         boot = bootstrap_law(LAW, data, point, SPECS, opts, BootstrapOptions(n_resamples=100, seed=trial, n_jobs=1))
         iv = boot.intervals()[("g0", 0)]
         truth = LAW.rename_constants(TRUE)
-        hits += [lo <= t <= hi for (lo, hi), t in zip(iv, truth)]
+        hits += [lo <= t <= hi for (lo, hi), t in zip(iv, truth, strict=True)]
         fresh = _planted(900 + trial, n=40)  # new observations from the same law and noise
         lo, hi = boot.band(LAW, fresh, noise=True)
         band_cover.append(coverage(fresh.Y, lo, hi))
@@ -113,8 +113,8 @@ def test_bad_options_are_refused():
 
 def test_real_task_bootstrap_is_seeded_and_warm():
     """On real data (parallel_scaling_law's human law, 4 constants, 2 groups): every resample refits."""
-    from discovery.data import load_frame
-    from discovery.tasks import load_task
+    from discovery.tasks.data import load_frame
+    from discovery.tasks.spec import load_task
     from evaluators.benchmark import parse_human_law
     from evaluators.protocol import Protocol
 
@@ -125,7 +125,7 @@ def test_real_task_bootstrap_is_seeded_and_warm():
     opts = FitOptions.from_settings(human.fit, n_starts=32)
     point = {k: f.theta for k, f in fit_law(law, protocol.train, task.targets, human.constants, opts).fits.items()}
     boot = bootstrap_law(law, protocol.train, point, human.constants, opts, BootstrapOptions(n_resamples=50, n_jobs=1))
-    for key, theta in point.items():
+    for key in point:
         assert boot.n_ok(key) == 50
         iv = boot.intervals()[key]
         assert np.all(iv[:, 0] <= iv[:, 1])

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from discovery.cli import main
-from discovery.data import load_frame
-from discovery.tasks import load_task
+from discovery.tasks.data import load_frame
+from discovery.tasks.spec import load_task
 
 
 def test_user_task_from_one_toml_and_one_csv(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,71 @@
+"""`kepler bench`: the human laws on the official test splits; `--runs DIR` adds the discovered laws."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from discovery.cli.console import make_console, num
+from discovery.tasks.spec import list_tasks
+
+console = make_console()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evaluators.benchmark import run_bench, write_results
+
+    names = args.tasks or list_tasks()
+    if args.json:
+        rows = run_bench(names, seed=args.seed)
+    else:
+        with console.status("benchmarking human laws") as status:
+            rows = run_bench(names, seed=args.seed, progress=lambda m: status.update(f"bench: {m}"))
+    paths = write_results(rows, Path(args.out))
+    if args.runs:
+        return bench_with_runs(args, rows, paths)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    table = Table(title="Human laws on the test split (fitted on train by Kepler, or the paper's constants)")
+    for col in ("task", "law", "constants", "R² test", "NMSE", "NMAE", "published R²", "fit s"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.task, r.law, r.variant, num(r.r2, 3), num(r.nmse), num(r.nmae),
+                      num(r.published_r2, 3), num(r.fit_seconds, 2))
+    console.print(table)
+    console.print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def bench_with_runs(args: argparse.Namespace, rows: list, paths: list[Path]) -> int:
+    """Extend the human-law bench with the best discovered law of every finished run under --runs."""
+    from evaluators.benchmark import leaderboard, write_leaderboard
+
+    board = leaderboard(rows, Path(args.runs))
+    paths = [*paths, *write_leaderboard(board, Path(args.out))]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in board], indent=2))
+        return 0
+    table = Table(title=f"Leaderboard: human vs discovered laws on the test split (runs under {args.runs})")
+    for col in ("task", "entry", "law", "constants", "complexity", "R² val", "R² test", "NMSE", "NMAE"):
+        table.add_column(col, overflow="fold")
+    num = lambda x, d=4: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
+    for r in board:
+        table.add_row(r.task, r.entry, r.law, str(r.n_constants), str(r.complexity), num(r.validation_r2),
+                      num(r.r2), num(r.nmse), num(r.nmae))
+    console.print(table)
+    console.print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register `bench` on the main parser's subparsers."""
+    p = sub.add_parser("bench", help="benchmark the human laws on the official test splits")
+    p.add_argument("tasks", nargs="*", help="task names (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--runs", metavar="DIR", help="add the best discovered law of every finished run under DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)

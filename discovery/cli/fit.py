@@ -1,0 +1,178 @@
+"""`kepler fit`: fit one formula to a task and score it; `--from law.json` scores an exported law as saved."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from discovery.cli.console import make_console, num
+from discovery.tasks.spec import load_task
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def _specs_for_formula(task, law):
+    """If the typed formula is one of the task's human laws, reuse its constants' inits and bounds."""
+    from evaluators.benchmark import parse_human_law
+
+    for human in task.human_laws:
+        if not human.constants:
+            continue
+        ref = parse_human_law(task, human)
+        if ref.hash == law.hash:
+            by_canonical = {rc_i: human.constants.get(rc.name) for rc_i, rc in enumerate(ref.constants)}
+            return {c.name: by_canonical[i] for i, c in enumerate(law.constants) if by_canonical[i] is not None}, human
+    return None, None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from discovery.laws.fit import FitOptions, fit_law
+    from discovery.laws.law import parse_law
+    from discovery.tasks.data import load_frame
+    from evaluators.metrics import score
+    from evaluators.protocol import Protocol
+
+    if getattr(args, "from_json", None):
+        return fit_from_json(args)
+    if not args.task or not args.formula:
+        raise ValueError("give a task and a formula, or --from law.json")
+    task = load_task(args.task)
+    law = parse_law(args.formula, task.symbols, max_constants=task.constant_limit,
+                    column_hints=task.symbol_for_column())
+    specs, human = _specs_for_formula(task, law)
+    settings = human.fit if human else None
+    opts = FitOptions(seed=args.seed, n_starts=args.starts)
+    if settings is not None:
+        opts = FitOptions.from_settings(settings, seed=args.seed, n_starts=args.starts)
+    if args.loss:
+        opts = FitOptions(**{**opts.__dict__, "loss": args.loss, "f_scale": args.f_scale,
+                             "log_residuals": args.log_residuals})
+    protocol = Protocol(task, load_frame(task))
+    val_fit = fit_law(law, protocol.fit_part, task.targets, specs, opts)
+    val_scores = protocol.validation_score(val_fit.predict(protocol.validation))
+    full_fit = fit_law(law, protocol.train, task.targets, specs, opts)
+    test = protocol.final_test(purpose="kepler fit: report a user's formula")
+    test_scores = score(test.Y, full_fit.predict(test))
+
+    groups = protocol.train.group_names
+    result = {
+        "task": task.name, "formula": law.text, "canonical": law.canonical, "hash": law.hash,
+        "complexity": law.complexity,
+        "constants": {f"{g}/{task.targets[t]}" if len(task.targets) > 1 else g: full_fit.constants(g, t)
+                      for g in groups for t in range(len(task.targets))},
+        "failures": full_fit.failures,
+        "validation": {**val_scores.as_dict(), "fitted_on": "fit part of train", "rows": len(protocol.validation)},
+        "test": {**test_scores.as_dict(), "fitted_on": "all of train", "rows": len(test)},
+        "fit_options": opts.__dict__,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+        return 0
+    console.print(f"[bold]{task.name}[/]: {law.text}   (canonical {law.canonical}, {len(law.constants)} constants)")
+    if human:
+        console.print(f"Recognised as human law [italic]{human.name}[/]: "
+                      "using its initial values, bounds and fit settings.")
+    ctable = Table(title="Constants fitted on all of train, per group")
+    ctable.add_column("group")
+    for c in law.constant_names:
+        ctable.add_column(c, justify="right")
+    for key, consts in list(result["constants"].items())[: args.max_groups]:
+        ctable.add_row(key, *[num(v) for v in consts.values()])
+    console.print(ctable)
+    if len(result["constants"]) > args.max_groups:
+        console.print(f"… {len(result['constants']) - args.max_groups} more groups (use --json for all)")
+    for failure in full_fit.failures[:5]:
+        err_console.print(f"[red]fit failed[/] {failure}")
+    mtable = Table(title="Scores (SLDBench definitions)")
+    for col in ("split", "rows", "fitted on", "R²", "NMSE", "NMAE"):
+        mtable.add_column(col)
+    mtable.add_row("validation (held-out slice of train)", str(len(protocol.validation)), "fit part of train",
+                   num(val_scores.r2), num(val_scores.nmse), num(val_scores.nmae))
+    mtable.add_row("test", str(len(test)), "all of train", num(test_scores.r2), num(test_scores.nmse),
+                   num(test_scores.nmae))
+    console.print(mtable)
+    return 0
+
+
+def _write_predictions(path: Path, record, splits: dict) -> None:
+    with Path(path).open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["split", "row", "group", *[f"pred_{t}" for t in record.targets]])
+        for name, data in splits.items():
+            pred = record.predict(data)
+            for i in range(len(data)):
+                w.writerow([name, int(data.rows[i]), data.groups[i], *[repr(float(v)) for v in pred[i]]])
+
+
+def fit_from_json(args: argparse.Namespace) -> int:
+    """Score a law.json's constants as they are (no refit), or refit its formula with --refit."""
+    from discovery.outputs.export.json_law import read, record_from_json, source_mismatches
+    from discovery.tasks.data import load_frame
+    from evaluators.metrics import score
+    from evaluators.protocol import Protocol
+
+    data = read(Path(args.from_json))
+    if args.task and args.task != data["task"]:
+        raise ValueError(f"{args.from_json} is a law for task {data['task']!r}, not {args.task!r}")
+    for name in source_mismatches(data):
+        err_console.print(f"[yellow]warning:[/] data source {name} has a different sha256 now "
+                          "than when the law was fitted")
+    if args.refit:
+        fit = data.get("fit") or {}
+        args.task, args.formula, args.from_json = data["task"], data["formula"], None
+        if not args.loss and (fit.get("loss", "linear") != "linear" or fit.get("log_residuals")):
+            args.loss = fit.get("loss", "linear")
+            args.f_scale, args.log_residuals = fit.get("f_scale", 1.0), fit.get("log_residuals", False)
+        return cmd_fit(args)
+    record = record_from_json(data, source=args.from_json)
+    protocol = Protocol(record.task, load_frame(record.task))
+    test = protocol.final_test(purpose="kepler fit --from: score a saved law")
+    splits = {"train": protocol.train, "validation": protocol.validation, "test": test}
+    scores = {name: {**score(d.Y, record.predict(d)).as_dict(), "rows": len(d)} for name, d in splits.items()}
+    recorded = (data.get("metrics") or {}).get("test", {}).get("r2")
+    result = {"task": record.task.name, "formula": record.law.text, "canonical": record.law.canonical,
+              "hash": record.law.hash, "constants_from": str(args.from_json), "refit": False,
+              "constants": {f"{g}|{record.targets[t]}": dict(zip(record.law.constant_names, map(float, v), strict=True))
+                            for (g, t), v in sorted(record.constants.items())},
+              "scores": scores, "recorded_test_r2": recorded,
+              "reproduced": recorded is not None and scores["test"]["r2"] == recorded}
+    if args.predictions:
+        _write_predictions(Path(args.predictions), record, splits)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    console.print(f"[bold]{record.task.name}[/]: {record.law.text} with the constants of {args.from_json} (no refit)")
+    table = Table(title="Scores with the saved constants (fitted on all of train)")
+    for col in ("split", "rows", "R²", "NMSE", "NMAE"):
+        table.add_column(col)
+    for name, s in scores.items():
+        table.add_row(name, str(s["rows"]), f"{s['r2']:.6f}", f"{s['nmse']:.4g}", f"{s['nmae']:.4g}")
+    console.print(table)
+    if recorded is not None:
+        same = "reproduced exactly" if result["reproduced"] else f"differs from the recorded {recorded!r}"
+        console.print(f"test R² {scores['test']['r2']!r}: {same}")
+    if args.predictions:
+        console.print(f"predictions written to {args.predictions}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register `fit` on the main parser's subparsers."""
+    p = sub.add_parser("fit", help="fit a formula to a task and score it on validation and test")
+    p.add_argument("task", nargs="?")
+    p.add_argument("formula", nargs="?")
+    p.add_argument("--from", dest="from_json", metavar="LAW_JSON", help="score a `kepler export` law.json as saved")
+    p.add_argument("--refit", action="store_true", help="with --from: refit the formula instead of using its constants")
+    p.add_argument("--predictions", metavar="CSV", help="with --from: write every row's prediction to this file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--starts", type=int, default=128, help="quasi-random starts screened per fit")
+    p.add_argument("--loss", choices=["linear", "huber", "soft_l1", "cauchy"])
+    p.add_argument("--f-scale", type=float, default=1.0)
+    p.add_argument("--log-residuals", action="store_true")
+    p.add_argument("--max-groups", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fit)

@@ -1,0 +1,331 @@
+"""Fit a law's constants, per group and per target.
+
+Recipe (see notes-from-peers): quasi-random starts within the bounds, with the linear amplitudes
+solved exactly for each start (variable projection) and all starts screened in one vectorized
+pass; the best few are refined by `scipy.optimize.least_squares` with the analytic Jacobian,
+bounds and an optional robust loss on linear or log residuals. A fit never raises: bad numerics
+give a `failed` status with a reason, and every fit is bounded in time.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.stats import qmc
+
+from discovery.laws.law import Law
+from discovery.tasks.dataset import Dataset
+from discovery.tasks.values import ConstantSpec, FitSettings
+
+DEFAULT_SPEC = ConstantSpec(init=1.0)
+PENALTY = 1e6
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    loss: Literal["linear", "huber", "soft_l1", "cauchy"] = "linear"
+    f_scale: float = 1.0
+    log_residuals: bool = False
+    drop_highest_targets: int = 0
+    n_starts: int = 128
+    n_refine: int = 3
+    seed: int = 0
+    time_limit: float = 10.0  # seconds per (group, target) fit
+    max_nfev: int = 400
+    tol: float = 1e-8  # ftol = xtol = gtol of least_squares; campaigns screen with a looser one
+    polish: bool = True  # restart the refinement once from the best point (off for cheap search fits)
+
+    @classmethod
+    def from_settings(cls, settings: FitSettings, **overrides) -> "FitOptions":
+        base = cls(loss=settings.loss, f_scale=settings.f_scale, log_residuals=settings.log_residuals,
+                   drop_highest_targets=settings.drop_highest_targets)
+        return replace(base, **overrides)
+
+
+# Named fitting recipes a campaign may try per candidate, choosing on validation ("let validation choose"):
+# plain least squares, least squares on log residuals, and the Chinchilla replication's Huber (1e-3) on logs.
+RECIPES: dict[str, dict] = {
+    "linear": {},
+    "log": {"log_residuals": True},
+    "log_huber": {"log_residuals": True, "loss": "huber", "f_scale": 1e-3},
+}
+
+
+def recipe_options(base: "FitOptions", recipe: str) -> "FitOptions":
+    return replace(base, **{"loss": "linear", "f_scale": 1.0, "log_residuals": False, **RECIPES[recipe]})
+
+
+@dataclass
+class GroupFit:
+    theta: np.ndarray
+    status: Literal["ok", "failed", "fixed"]
+    reason: str = ""
+    objective: float = math.inf  # least_squares cost: 0.5 * sum(rho(residual^2)) on the fit rows
+    nfev: int = 0
+    dropped_rows: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "fixed")
+
+
+@dataclass
+class LawFit:
+    """Constants per (group, target index); predictions for rows of any split."""
+
+    law: Law
+    targets: list[str]
+    fits: dict[tuple[str, int], GroupFit]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.fits) and all(f.ok for f in self.fits.values())
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{g}/{self.targets[t]}: {f.reason}" for (g, t), f in self.fits.items() if not f.ok]
+
+    def constants(self, group: str, target: int = 0) -> dict[str, float]:
+        fit = self.fits[(group, target)]
+        return {c.name: float(v) for c, v in zip(self.law.constants, fit.theta, strict=True)}
+
+    def predict(self, data: Dataset) -> np.ndarray:
+        """(n, n_targets); NaN where the group has no successful fit."""
+        out = np.full((len(data), len(self.targets)), np.nan)
+        for g in data.group_names:
+            mask = data.groups == g
+            for t in range(len(self.targets)):
+                fit = self.fits.get((g, t))
+                if fit is not None and fit.ok:
+                    out[mask, t] = self.law.predict(data.X[mask], fit.theta)
+        return out
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _specs_for(law: Law, specs: dict[str, ConstantSpec] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    specs = specs or {}
+    chosen = [specs.get(c.name, DEFAULT_SPEC) for c in law.constants]
+    init = np.array([s.init for s in chosen], dtype=float)
+    lo = np.array([s.bounds[0] for s in chosen], dtype=float)
+    hi = np.array([s.bounds[1] for s in chosen], dtype=float)
+    return init, lo, hi
+
+
+def _sample_starts(init: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Quasi-random starts: within finite bounds (log-uniform over wide positive ranges), else around init."""
+    k = len(init)
+    if k == 0:
+        return np.zeros((1, 0))
+    m = max(1, int(2 ** math.ceil(math.log2(max(n, 2)))))
+    u = qmc.Sobol(d=k, scramble=True, seed=seed).random(m)[: n - 1]
+    starts = np.empty((len(u), k))
+    for j in range(k):
+        a, b = lo[j], hi[j]
+        width = max(2.0, 2.0 * abs(init[j]))
+        a_eff = a if math.isfinite(a) else init[j] - width
+        b_eff = b if math.isfinite(b) else init[j] + width
+        if a_eff > 0 and b_eff / a_eff > 100:
+            starts[:, j] = np.exp(np.log(a_eff) + u[:, j] * (np.log(b_eff) - np.log(a_eff)))
+        else:
+            starts[:, j] = a_eff + u[:, j] * (b_eff - a_eff)
+    return np.vstack([init[None, :], starts])
+
+
+def _interior(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    span = np.where(np.isfinite(hi - lo), hi - lo, np.maximum(1.0, np.abs(x)))
+    margin = 1e-9 * span
+    return np.clip(x, lo + margin, hi - margin)
+
+
+def _objective(residuals: np.ndarray, loss: str, f_scale: float) -> np.ndarray:
+    """least_squares' cost for residuals (..., n): 0.5 * sum(f_scale^2 * rho((r/f_scale)^2))."""
+    z = (residuals / f_scale) ** 2
+    if loss == "linear":
+        rho = z
+    elif loss == "huber":
+        rho = np.where(z <= 1, z, 2 * np.sqrt(z) - 1)
+    elif loss == "soft_l1":
+        rho = 2 * (np.sqrt(1 + z) - 1)
+    else:  # cauchy
+        rho = np.log1p(z)
+    return 0.5 * f_scale**2 * rho.sum(axis=-1)
+
+
+def _residuals(pred: np.ndarray, y: np.ndarray, log: bool) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.log(pred) - np.log(y) if log else pred - y
+
+
+def _screen(law: Law, X: np.ndarray, y: np.ndarray, starts: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            opts: FitOptions) -> np.ndarray:
+    """Complete every start with exactly solved linear amplitudes and return starts sorted by objective."""
+    sep = law.separable
+    S = len(starts)
+    full = starts.copy()
+    if sep.linear:
+        cols = [X[:, j][None, :] for j in range(X.shape[1])]
+        nl = [starts[:, [i]] for i in sep.nonlinear]
+        with np.errstate(all="ignore"):
+            parts = sep.func(*cols, *nl)
+        n = len(y)
+        parts = [np.broadcast_to(np.asarray(p, dtype=float), (S, n)) for p in parts]
+        h, G = parts[0], np.stack(parts[1:], axis=-1)  # (S, n), (S, n, m)
+        w = 1.0 / np.abs(y) if opts.log_residuals else np.ones_like(y)  # log r ~ (pred - y)/y
+        Gw = G * w[None, :, None]
+        tw = (y[None, :] - h) * w[None, :]
+        finite = np.isfinite(Gw).all(axis=(1, 2)) & np.isfinite(tw).all(axis=1)
+        Gw = np.where(finite[:, None, None], Gw, 0.0)
+        tw = np.where(finite[:, None], tw, 0.0)
+        norms = np.linalg.norm(Gw, axis=1)  # (S, m)
+        norms = np.where(norms > 0, norms, 1.0)
+        Gn = Gw / norms[:, None, :]
+        A = np.einsum("snm,snk->smk", Gn, Gn) + 1e-10 * np.eye(Gn.shape[-1])[None]
+        b = np.einsum("snm,sn->sm", Gn, tw)
+        try:
+            coef = np.linalg.solve(A, b[..., None])[..., 0] / norms
+        except np.linalg.LinAlgError:
+            coef = np.zeros((S, len(sep.linear)))
+        coef = np.where(np.isfinite(coef), coef, 0.0)
+        full[:, sep.linear] = np.clip(coef, lo[sep.linear], hi[sep.linear])
+    pred = law.predict(X, full)
+    obj = _objective(_residuals(pred, y[None, :], opts.log_residuals), opts.loss, opts.f_scale)
+    obj = np.where(np.isfinite(obj), obj, np.inf)
+    order = np.argsort(obj, kind="stable")
+    return full[order][np.isfinite(obj[order])]
+
+
+def _refine(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            opts: FitOptions, deadline: float) -> tuple[np.ndarray, float, int]:
+    best = {"x": x0.copy(), "cost": math.inf}
+    counter = {"nfev": 0}
+
+    def fun(theta: np.ndarray) -> np.ndarray:
+        if time.monotonic() > deadline:
+            raise _Deadline
+        counter["nfev"] += 1
+        r = _residuals(law.predict(X, theta), y, opts.log_residuals)
+        if not np.all(np.isfinite(r)):
+            return np.full_like(y, PENALTY)
+        cost = float(_objective(r, opts.loss, opts.f_scale))
+        if cost < best["cost"]:
+            best["x"], best["cost"] = theta.copy(), cost
+        return r
+
+    def jac(theta: np.ndarray) -> np.ndarray:
+        J = law.jacobian(X, theta)
+        if opts.log_residuals:
+            with np.errstate(all="ignore"):
+                J = J / law.predict(X, theta)[:, None]
+        return np.where(np.isfinite(J), J, 0.0)
+
+    bounds = (lo, hi) if (np.isfinite(lo).any() or np.isfinite(hi).any()) else (-np.inf, np.inf)
+    try:
+        least_squares(fun, _interior(x0, lo, hi), jac=jac, bounds=bounds, loss=opts.loss, f_scale=opts.f_scale,
+                      x_scale="jac", max_nfev=opts.max_nfev, method="trf", ftol=opts.tol, xtol=opts.tol,
+                      gtol=opts.tol)
+    except _Deadline:
+        pass
+    return best["x"], best["cost"], counter["nfev"]
+
+
+def fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantSpec] | None,
+              opts: FitOptions, warm_start: np.ndarray | None = None, deadline: float | None = None) -> GroupFit:
+    """Fit one group's rows for one target. Never raises.
+
+    `warm_start`: an extra start (e.g. a sibling group's solution), screened with the others.
+    `deadline`: a monotonic time after which the fit stops, on top of `opts.time_limit`.
+    """
+    dropped: list[int] = []
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # overflow in a candidate is expected; it shows up as a failed status
+        return _fit_group(law, X, y, specs, opts, dropped, warm_start, deadline)
+
+
+def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantSpec] | None, opts: FitOptions,
+               dropped: list[int], warm_start: np.ndarray | None, deadline: float | None) -> GroupFit:
+    try:
+        keep = np.ones(len(y), dtype=bool)
+        if opts.drop_highest_targets:
+            dropped.extend(np.argsort(-y, kind="stable")[: opts.drop_highest_targets].tolist())
+            keep[dropped] = False
+        X, y = X[keep], y[keep]
+        if len(y) == 0:
+            return GroupFit(np.full(len(law.constants), np.nan), "failed", "no rows to fit")
+        if opts.log_residuals and np.any(y <= 0):
+            return GroupFit(np.full(len(law.constants), np.nan), "failed", "log residuals need positive targets")
+        if deadline is not None and time.monotonic() > deadline:
+            return GroupFit(np.full(len(law.constants), np.nan), "failed", "time limit reached before this group")
+        deadline = min(time.monotonic() + opts.time_limit, deadline or math.inf)
+        init, lo, hi = _specs_for(law, specs)
+        starts = _sample_starts(init, lo, hi, opts.n_starts, opts.seed)
+        if warm_start is not None and np.all(np.isfinite(warm_start)):
+            starts = np.vstack([starts, np.clip(warm_start, lo, hi)[None, :]])
+        ranked = _screen(law, X, y, starts, lo, hi, opts)
+        if len(ranked) == 0:
+            return GroupFit(init, "failed", "the law is not finite on the data at any start")
+        best_x, best_cost, nfev = ranked[0], math.inf, 0
+        for x0 in ranked[: opts.n_refine]:
+            x, cost, n = _refine(law, X, y, x0, lo, hi, opts, deadline)
+            nfev += n
+            if cost < best_cost:
+                best_x, best_cost = x, cost
+            if time.monotonic() > deadline:
+                break
+        if opts.polish and math.isfinite(best_cost) and time.monotonic() < deadline:
+            # trust-region runs can stop early on a flat stretch; one restart from the best point is cheap
+            x, cost, n = _refine(law, X, y, best_x, lo, hi, opts, deadline)
+            nfev += n
+            if cost < best_cost:
+                best_x, best_cost = x, cost
+        if not math.isfinite(best_cost):
+            return GroupFit(best_x, "failed", "refinement found no finite fit", nfev=nfev, dropped_rows=dropped)
+        return GroupFit(best_x, "ok", objective=best_cost, nfev=nfev, dropped_rows=dropped)
+    except Exception as exc:  # numerics must never crash a campaign
+        return GroupFit(np.full(len(law.constants), np.nan), "failed", f"{type(exc).__name__}: {exc}"[:200],
+                        dropped_rows=dropped)
+
+
+def fit_law(law: Law, data: Dataset, targets: list[str], specs: dict[str, ConstantSpec] | None = None,
+            opts: FitOptions | None = None, total_time_limit: float | None = None,
+            warm: LawFit | None = None) -> LawFit:
+    """Fit constants separately for every group and target of `data`.
+
+    Each group also tries the previous group's solution as a start (sibling groups of one task tend to
+    share constants), or, given `warm`, that fit's solution for the same group and target (a refit on
+    rows that include the ones it was fitted on, as in the final refit). `total_time_limit` bounds the whole
+    law, across groups.
+    """
+    opts = opts or FitOptions()
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + total_time_limit if total_time_limit else None
+    fits: dict[tuple[str, int], GroupFit] = {}
+    for t in range(len(targets)):
+        previous = None
+        for g in data.group_names:
+            mask = data.groups == g
+            own = warm.fits.get((g, t)) if warm is not None else None
+            start = own.theta if own is not None and own.ok else previous
+            fit = fit_group(law, data.X[mask], data.Y[mask, t], specs, opts, warm_start=start, deadline=deadline)
+            fits[(g, t)] = fit
+            if fit.ok:
+                previous = fit.theta
+    return LawFit(law, targets, fits, seconds=time.perf_counter() - t0)
+
+
+def fixed_law(law: Law, data: Dataset, targets: list[str], constants: dict[str, float]) -> LawFit:
+    """A law with published constants, the same for every group and target: nothing is fitted."""
+    missing = [c.name for c in law.constants if c.name not in constants]
+    if missing:
+        raise ValueError(f"published constants missing for {missing}")
+    theta = law.rename_constants(constants)
+    fits = {(g, t): GroupFit(theta.copy(), "fixed") for g in data.group_names for t in range(len(targets))}
+    return LawFit(law, targets, fits)

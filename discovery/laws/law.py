@@ -1,0 +1,391 @@
+"""Formula text -> a safe, canonical, compiled law.
+
+Untrusted text (an LLM reply, a user's command line, a task file) is parsed by Python's `ast` in
+`eval` mode and walked node by node through an allow-list; only then is a SymPy expression built,
+from our own Symbol/function objects. Nothing from the text ever reaches `eval`, `exec`,
+`sympify` or `parse_expr`. Limits on length, size, depth, literal magnitudes and exponents keep
+SymPy from being asked to compute something enormous.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import keyword
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import sympy as sp
+
+MAX_TEXT_LENGTH = 1000
+MAX_AST_NODES = 250
+MAX_DEPTH = 24
+MAX_LITERAL = 1e30
+MAX_EXPONENT_LITERAL = 10.0
+MAX_CONSTANT_NAME = 32
+
+# One table drives parsing (text name -> SymPy), so the allow-list is visible in one place.
+FUNCTIONS: dict[str, tuple[Callable[..., sp.Expr], int]] = {
+    "exp": (sp.exp, 1),
+    "log": (sp.log, 1),
+    "sqrt": (sp.sqrt, 1),
+    "abs": (sp.Abs, 1),
+    "tanh": (sp.tanh, 1),
+    "Min": (sp.Min, 2),
+    "Max": (sp.Max, 2),
+    "min": (sp.Min, 2),
+    "max": (sp.Max, 2),
+    "log10": (lambda a: sp.log(a) / sp.log(10), 1),
+    "log2": (lambda a: sp.log(a) / sp.log(2), 1),
+    "sigmoid": (lambda a: 1 / (1 + sp.exp(-a)), 1),
+}
+ROW_AGGREGATES = {"mean", "median", "sum", "std", "var", "avg", "average", "mode", "count", "len", "argmax", "argmin",
+                  "amax", "amin", "prod", "cumsum", "quantile", "percentile", "nanmean", "nanmax", "nanmin"}
+RESERVED = set(FUNCTIONS) | ROW_AGGREGATES | {"pi", "e", "inf", "nan", "I", "oo", "zoo", "S", "N_", "lambda"}
+
+
+class LawError(ValueError):
+    """The formula was refused; the message is one line naming the reason."""
+
+
+@dataclass(frozen=True)
+class _Num:
+    """A literal number folded during the walk, so `10**10**10` is refused before SymPy sees it."""
+
+    value: float
+
+
+def _check_text(text: str) -> None:
+    if not isinstance(text, str):
+        raise LawError("formula must be text")
+    if not text.strip():
+        raise LawError("formula is empty")
+    for i, ch in enumerate(text):
+        if ord(ch) > 127:
+            raise LawError(f"non-ASCII character {ch!r} at position {i}; write formulas in plain ASCII")
+        if ch in "\"'`":
+            raise LawError("strings are not allowed in a formula")
+        if ch in ";\\":
+            raise LawError(f"character {ch!r} is not allowed: a formula is one expression")
+    depth = 0
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth > MAX_DEPTH:
+            raise LawError(f"formula is nested deeper than {MAX_DEPTH} brackets")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise LawError(f"formula is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}")
+
+
+def _parse_tree(text: str) -> ast.Expression:
+    try:
+        tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
+    except SyntaxError as exc:
+        raise LawError(f"not a valid expression: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise LawError("formula is too deeply nested or too large to parse") from None
+    n_nodes = sum(1 for _ in ast.walk(tree))
+    if n_nodes > MAX_AST_NODES:
+        raise LawError(f"formula has {n_nodes} syntax nodes; the limit is {MAX_AST_NODES}")
+    return tree
+
+
+class _Walker:
+    """Turns an allow-listed AST into SymPy, collecting variable and constant names."""
+
+    def __init__(self, variables: dict[str, sp.Symbol], constants: set[str] | None, column_hints: dict[str, str]):
+        self.variables = variables
+        self.declared = constants
+        self.column_hints = column_hints
+        self.constants: dict[str, sp.Symbol] = {}
+
+    def walk(self, node: ast.AST, depth: int = 0) -> sp.Expr | _Num:
+        if depth > MAX_DEPTH:
+            raise LawError(f"formula is nested deeper than {MAX_DEPTH} levels")
+        method = getattr(self, "_" + type(node).__name__, None)
+        if method is None:
+            raise LawError(f"{_describe_node(node)} is not allowed in a formula")
+        return method(node, depth + 1)
+
+    def _Expression(self, node: ast.Expression, depth: int):
+        return self.walk(node.body, depth)
+
+    def _Constant(self, node: ast.Constant, depth: int) -> _Num:
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise LawError(f"literal {v!r} is not allowed; only real numbers")
+        if isinstance(v, int) and abs(v) > MAX_LITERAL:
+            raise LawError(f"literal {v} exceeds {MAX_LITERAL:g} in magnitude")
+        v = float(v)
+        if not math.isfinite(v) or abs(v) > MAX_LITERAL:
+            raise LawError(f"literal {v!r} exceeds {MAX_LITERAL:g} in magnitude")
+        return _Num(v)
+
+    def _Name(self, node: ast.Name, depth: int) -> sp.Symbol:
+        name = node.id
+        if name in self.variables:
+            return self.variables[name]
+        if name in FUNCTIONS:
+            raise LawError(f"function {name!r} used without a call")
+        if name in self.column_hints:
+            raise LawError(f"unknown variable {name!r}: write it as {self.column_hints[name]!r}")
+        if name in ("e", "pi"):
+            raise LawError(f"{name!r} is reserved: write exp(x) for e**x, and give pi as a number")
+        if name.startswith("_") or name in RESERVED or keyword.iskeyword(name) or len(name) > MAX_CONSTANT_NAME:
+            raise LawError(f"name {name!r} is not allowed as a constant")
+        if self.declared is not None and name not in self.declared:
+            known = ", ".join(self.variables)
+            raise LawError(f"unknown variable {name!r}: variables are {known}; declare constants explicitly")
+        return self.constants.setdefault(name, sp.Symbol(name, real=True))
+
+    def _UnaryOp(self, node: ast.UnaryOp, depth: int):
+        operand = self.walk(node.operand, depth)
+        if isinstance(node.op, ast.USub):
+            return _Num(-operand.value) if isinstance(operand, _Num) else -operand
+        if isinstance(node.op, ast.UAdd):
+            return operand
+        raise LawError(f"operator {type(node.op).__name__} is not allowed")
+
+    def _BinOp(self, node: ast.BinOp, depth: int):
+        left, right = self.walk(node.left, depth), self.walk(node.right, depth)
+        op = type(node.op)
+        if op is ast.Pow:
+            return self._power(left, right)
+        if isinstance(left, _Num) and isinstance(right, _Num):
+            return _Num(self._fold(op, left.value, right.value))
+        a, b = _sym(left), _sym(right)
+        if op is ast.Add:
+            return a + b
+        if op is ast.Sub:
+            return a - b
+        if op is ast.Mult:
+            return a * b
+        if op is ast.Div:
+            if b == 0:
+                raise LawError("division by zero")
+            return a / b
+        raise LawError(f"operator {op.__name__} is not allowed; use + - * / **")
+
+    @staticmethod
+    def _fold(op: type, a: float, b: float) -> float:
+        try:
+            value = {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}.get(op)
+            if op is ast.Div:
+                value = a / b
+        except ZeroDivisionError:
+            raise LawError("division by zero") from None
+        if value is None:
+            raise LawError(f"operator {op.__name__} is not allowed; use + - * / **")
+        if not math.isfinite(value) or abs(value) > MAX_LITERAL:
+            raise LawError(f"a literal expression exceeds {MAX_LITERAL:g} in magnitude")
+        return value
+
+    def _power(self, base, exponent):
+        if isinstance(exponent, _Num):
+            if abs(exponent.value) > MAX_EXPONENT_LITERAL:
+                raise LawError(f"exponent literal {exponent.value:g} exceeds {MAX_EXPONENT_LITERAL:g} in magnitude")
+            if isinstance(base, _Num):
+                try:
+                    value = math.pow(base.value, exponent.value)
+                except (OverflowError, ValueError, ZeroDivisionError):
+                    raise LawError("a literal power is undefined or too large") from None
+                if not math.isfinite(value) or abs(value) > MAX_LITERAL:
+                    raise LawError(f"a literal power exceeds {MAX_LITERAL:g} in magnitude")
+                return _Num(value)
+        return _sym(base) ** _sym(exponent)
+
+    def _Call(self, node: ast.Call, depth: int):
+        if not isinstance(node.func, ast.Name):
+            raise LawError(f"{_describe_node(node.func)} cannot be called; only plain function names")
+        name = node.func.id
+        if node.keywords:
+            raise LawError(f"keyword arguments are not allowed in {name}()")
+        if name in ROW_AGGREGATES or (name in ("max", "min", "Max", "Min") and len(node.args) < 2):
+            raise LawError(f"{name}() over rows is a data-dependent statistic; use fixed reference scales instead")
+        if name not in FUNCTIONS:
+            allowed = ", ".join(sorted(FUNCTIONS))
+            raise LawError(f"function {name!r} is not allowed; allowed: {allowed}")
+        fn, arity = FUNCTIONS[name]
+        if len(node.args) != arity:
+            raise LawError(f"{name}() takes {arity} argument(s), got {len(node.args)}")
+        args = [self.walk(a, depth) for a in node.args]
+        return fn(*[_sym(a) for a in args])
+
+
+def _sym(x) -> sp.Expr:
+    if isinstance(x, _Num):
+        return sp.Rational(repr(x.value)) if x.value != int(x.value) or abs(x.value) < 1e15 else sp.Float(x.value)
+    return x
+
+
+def _describe_node(node: ast.AST) -> str:
+    names = {
+        "Attribute": "attribute access", "Lambda": "lambda", "ListComp": "a comprehension",
+        "GeneratorExp": "a comprehension", "SetComp": "a comprehension", "DictComp": "a comprehension",
+        "Subscript": "indexing", "Compare": "a comparison", "BoolOp": "a boolean operator",
+        "IfExp": "a conditional expression", "NamedExpr": "an assignment", "List": "a list", "Tuple": "a tuple",
+        "Dict": "a dict", "Set": "a set", "Starred": "a starred expression", "Await": "await",
+        "JoinedStr": "an f-string", "Yield": "yield", "YieldFrom": "yield", "Slice": "a slice",
+    }
+    return names.get(type(node).__name__, f"syntax {type(node).__name__}")
+
+
+def _canonical_rename(expr: sp.Expr, constants: Iterable[sp.Symbol]) -> tuple[sp.Expr, dict[sp.Symbol, sp.Symbol]]:
+    """Rename constants to c0, c1, ... in an order that does not depend on their names.
+
+    Each constant's key is the printed law with that constant marked and every other constant given
+    one shared name, so the key sees only structure; constants are numbered in key order. Then
+    `E + A/N**a` and `c + b*N**(-z)` print identically. (Constants in perfectly symmetric roles tie
+    and fall back to name order, which can leave two spellings of such a law.)
+    """
+    consts = list(constants)
+    shared, marked = sp.Symbol("_c", real=True), sp.Symbol("_x", real=True)
+    keys = {}
+    for c in consts:
+        mapping = {d: shared for d in consts}
+        mapping[c] = marked
+        keys[c] = sp.sstr(expr.xreplace(mapping), order="lex")
+    order = sorted(consts, key=lambda c: (keys[c], c.name))
+    rename = {c: sp.Symbol(f"c{i}", real=True) for i, c in enumerate(order)}
+    return expr.xreplace(rename), rename
+
+
+@dataclass(frozen=True)
+class Separable:
+    linear: list[int]
+    nonlinear: list[int]
+    func: Callable  # (vars..., nonlinear consts...) -> [offset, basis_0, basis_1, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Law:
+    """A parsed, validated law. Constants are named as written; `canonical` uses c0, c1, ..."""
+
+    text: str
+    expr: sp.Expr
+    variables: tuple[sp.Symbol, ...]  # all task variables, in task order (the call signature)
+    constants: tuple[sp.Symbol, ...]  # in canonical order (c0, c1, ...)
+    canonical: str
+    hash: str
+    complexity: int
+
+    @property
+    def constant_names(self) -> list[str]:
+        return [c.name for c in self.constants]
+
+    @property
+    def variable_names(self) -> list[str]:
+        return [v.name for v in self.variables]
+
+    @cached_property
+    def _predict(self) -> Callable:
+        return sp.lambdify([*self.variables, *self.constants], self.expr, modules="numpy", cse=True)
+
+    @cached_property
+    def _jacobian(self) -> Callable:
+        derivs = [sp.diff(self.expr, c) for c in self.constants]
+        return sp.lambdify([*self.variables, *self.constants], derivs, modules="numpy", cse=True)
+
+    def predict(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """X: (n, n_vars) in task variable order; theta: (k,) -> (n,), or (S, k) -> (S, n)."""
+        X = np.asarray(X, dtype=float)
+        theta = np.asarray(theta, dtype=float)
+        cols = [X[:, j] for j in range(X.shape[1])]
+        if theta.ndim == 2:
+            cols = [c[None, :] for c in cols]
+            params = [theta[:, [i]] for i in range(theta.shape[1])]
+            shape = (theta.shape[0], X.shape[0])
+        else:
+            params = list(theta)
+            shape = (X.shape[0],)
+        with np.errstate(all="ignore"):
+            out = self._predict(*cols, *params)
+        return np.broadcast_to(np.asarray(out, dtype=float), shape)
+
+    def jacobian(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """d prediction / d constants, shape (n, k)."""
+        X = np.asarray(X, dtype=float)
+        n = X.shape[0]
+        with np.errstate(all="ignore"):
+            cols = self._jacobian(*[X[:, j] for j in range(X.shape[1])], *np.asarray(theta, dtype=float))
+        if not cols:
+            return np.zeros((n, 0))
+        return np.column_stack([np.broadcast_to(np.asarray(c, dtype=float), (n,)) for c in cols])
+
+    @cached_property
+    def separable(self) -> "Separable":
+        """Split constants into linear amplitudes (solved exactly) and the rest (searched).
+
+        The law is then pred = h(X, nl) + sum_i lin_i * g_i(X, nl): variable projection.
+        """
+        linear: list[int] = []
+        for i, c in enumerate(self.constants):
+            d = sp.diff(self.expr, c)
+            chosen = [self.constants[j] for j in linear] + [c]
+            if d.free_symbols & set(chosen):
+                continue
+            if any(c in sp.diff(self.expr, self.constants[j]).free_symbols for j in linear):
+                continue
+            linear.append(i)
+        nonlinear = [i for i in range(len(self.constants)) if i not in linear]
+        lin_syms = [self.constants[i] for i in linear]
+        basis = [sp.diff(self.expr, c) for c in lin_syms]
+        offset = self.expr.xreplace({c: 0 for c in lin_syms})
+        args = [*self.variables, *[self.constants[i] for i in nonlinear]]
+        func = sp.lambdify(args, [offset, *basis], modules="numpy", cse=True)
+        return Separable(linear=linear, nonlinear=nonlinear, func=func)
+
+    def rename_constants(self, theta_by_name: dict[str, float]) -> np.ndarray:
+        return np.array([theta_by_name[c.name] for c in self.constants], dtype=float)
+
+    def latex(self) -> str:
+        return sp.latex(self.expr)
+
+
+def parse_law(
+    text: str,
+    variables: Sequence[str],
+    *,
+    constants: Iterable[str] | None = None,
+    max_constants: int | None = None,
+    column_hints: dict[str, str] | None = None,
+) -> Law:
+    """Parse untrusted formula text over the given variable symbols.
+
+    `constants`: if given, the only names allowed besides variables (an LLM declares them);
+    otherwise every other identifier is a constant. `column_hints` maps data column names to
+    symbols so a formula written with column names gets a helpful refusal.
+    """
+    _check_text(text)
+    tree = _parse_tree(text)
+    var_syms = {v: sp.Symbol(v, real=True) for v in variables}
+    walker = _Walker(var_syms, set(constants) if constants is not None else None, column_hints or {})
+    result = walker.walk(tree)
+    if isinstance(result, _Num) or not (result.free_symbols & set(var_syms.values())):
+        raise LawError("formula uses no variable; it must depend on at least one of " + ", ".join(variables))
+    expr = result
+    if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo, sp.I):
+        raise LawError("formula simplifies to an undefined or complex value")
+    used_consts = sorted(expr.free_symbols - set(var_syms.values()), key=lambda s: s.name)
+    if not used_consts:
+        raise LawError("formula has no fittable constant")
+    if max_constants is not None and len(used_consts) > max_constants:
+        raise LawError(f"formula has {len(used_consts)} constants; this task allows at most {max_constants}")
+    # exp(a)*exp(b) and exp(a + b) are one law: combine exponentials before naming (hash only; the law
+    # is still fitted as written)
+    canon_expr, mapping = _canonical_rename(sp.powsimp(expr, combine="exp", deep=True), used_consts)
+    canonical = sp.sstr(canon_expr, order="lex")
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    order = sorted(used_consts, key=lambda c: int(mapping[c].name[1:]))
+    complexity = sum(1 for _ in sp.preorder_traversal(expr))
+    return Law(
+        text=text.strip(),
+        expr=expr,
+        variables=tuple(var_syms.values()),
+        constants=tuple(order),
+        canonical=canonical,
+        hash=digest,
+        complexity=complexity,
+    )

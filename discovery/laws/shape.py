@@ -1,0 +1,106 @@
+"""Shape priors: what a law must do beyond the data, known before any data is fitted.
+
+Researchers know some things for certain. With everything else fixed, more parameters, data or
+experts never make the loss worse (a direction); and some targets cannot leave a range by their
+definition (a loss is never negative, a Brier score lies in [0, 1]). A fitted law that breaks these
+inside the data, or on the way to two decades beyond it, cannot be trusted to extrapolate, however
+well it scores on the validation slice. The MoE task shows why: laws with an additive log N term win
+on the largest train size, then turn back up and fail on the test size. Tasks declare directions per
+variable (`monotone = "decreasing"`) and the target's range (`target_range`); selection ranks a law
+that breaks one below every law that keeps them (see discovery.search.population.Member.rank).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from discovery.tasks.values import ShapePriors
+
+if TYPE_CHECKING:
+    from discovery.laws.fit import LawFit
+    from discovery.tasks.dataset import Dataset
+
+HORIZON = 100.0  # how far a positive variable is followed beyond its largest observed value (x100)
+TOLERANCE = 1e-3  # a breach below this share of the target's observed range is numerical noise
+GRID_POINTS = 48  # points along the variable, from its smallest observed value to the horizon
+MAX_BASES = 32  # settings of the other variables to check at (spread over the observed rows)
+GROUP_SHARE = 0.1  # a law breaks the priors when more than this share of its group fits do
+SHAPE_KEPT = "keeps the task's shape priors"  # what reports say of a law that breaks none
+
+
+def _grid(values: np.ndarray) -> np.ndarray:
+    """From the smallest observed value to HORIZON x the largest (positive variables), or one observed
+    range width beyond the largest (variables that may be negative, often already logarithms)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lo > 0:
+        return np.geomspace(lo, hi * HORIZON, GRID_POINTS)
+    return np.linspace(lo, hi + (hi - lo), GRID_POINTS)
+
+
+def _bases(X: np.ndarray, index: int) -> np.ndarray:
+    """Distinct settings of the other variables, at most MAX_BASES of them, evenly spread."""
+    rows = np.unique(np.delete(X, index, axis=1), axis=0)
+    if len(rows) > MAX_BASES:
+        rows = rows[np.linspace(0, len(rows) - 1, MAX_BASES).round().astype(int)]
+    return rows
+
+
+def _where(at: float, X: np.ndarray, index: int) -> str:
+    return "inside the data" if at <= X[:, index].max() else "beyond the data"
+
+
+def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: float,
+              priors: ShapePriors) -> str | None:
+    """None if `predict` keeps every prior over the data and up to the horizon beyond; else what breaks.
+
+    `X` are the observed rows (they fix where the other variables are held), `span` the target's
+    observed range, so the tolerance does not depend on the target's units.
+    """
+    span = span if np.isfinite(span) and span > 0 else 1.0
+    for index, symbol, sign in priors.followed():
+        grid = _grid(X[:, index])
+        bases = _bases(X, index)
+        Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
+        with np.errstate(all="ignore"):
+            pred = np.asarray(predict(Xg), dtype=float).reshape(len(bases), len(grid))
+        if not np.isfinite(pred).all():
+            at = grid[np.flatnonzero(~np.isfinite(pred).all(axis=0))[0]]
+            return f"not finite at {symbol} = {at:.3g}"
+        if priors.target_range is not None:
+            lo, hi = priors.target_range
+            outside = np.maximum(lo - pred, pred - hi)
+            if outside.max() > TOLERANCE * span:
+                row, col = np.unravel_index(np.argmax(outside), outside.shape)
+                return (f"leaves the target's possible range [{lo:g}, {hi:g}]: predicts {pred[row, col]:.4g} at "
+                        f"{symbol} = {grid[col]:.3g} ({_where(grid[col], X, index)})")
+        if sign:
+            q = -sign * pred  # the direction made "must not rise"
+            wrong = q - np.minimum.accumulate(q, axis=1)  # how far it climbed back above its lowest point so far
+            worst = float(wrong.max())
+            if worst > TOLERANCE * span:
+                at = grid[np.unravel_index(np.argmax(wrong), wrong.shape)[1]]
+                return (f"{'rises' if sign < 0 else 'falls'} with {symbol} near {symbol} = {at:.3g} "
+                        f"({_where(at, X, index)}), by {100 * worst / span:.1f}% of the target's range")
+    return None
+
+
+def shape_of(fit: "LawFit", seen: "Dataset", priors: ShapePriors) -> str | None:
+    """What a fitted law breaks, or None. Each group and target is checked at that group's rows.
+
+    The priors judge a law's form through its fits. With many groups, one group's fit running out of
+    range two decades away is fitting noise rather than a wrong form, so a law breaks the priors only if
+    more than GROUP_SHARE of its fits do (with one group: if that fit does).
+    """
+    if not priors or not fit.ok:
+        return None
+    broken = []
+    for (group, t), gf in sorted(fit.fits.items()):
+        rows = seen.groups == group
+        why = violation(lambda X, theta=gf.theta: fit.law.predict(X, theta), seen.X[rows],
+                        float(np.ptp(seen.Y[rows, t])), priors)
+        if why:
+            broken.append(why if len(fit.fits) == 1 else f"{group}/{fit.targets[t]}: {why}")
+    if len(broken) <= GROUP_SHARE * len(fit.fits):
+        return None
+    return broken[0] if len(fit.fits) == 1 else f"in {len(broken)} of {len(fit.fits)} fits, e.g. {broken[0]}"

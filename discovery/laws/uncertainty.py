@@ -1,0 +1,234 @@
+"""Bootstrap uncertainty for a fitted law: intervals for constants and bands for predictions.
+
+Rows are resampled with replacement within each group (a seeded numpy Generator per resample, so
+the result does not depend on how resamples are spread over processes), and every resample is
+refit *from the point estimate*: `fit_group` with a single quasi-random start, the point estimate
+as the warm start and one refinement. Rows that the fit settings drop (`drop_highest_targets`) are
+dropped once from the original data, before resampling, as in the Chinchilla replication.
+
+Two bands are given for any rows: the *law band* (percentiles of the law's prediction over the
+resampled constants: uncertainty of the fitted curve) and the *prediction band* (each resample's
+prediction plus a residual drawn from the point fit's train residuals: where a new observation
+should fall). Coverage is the share of observed targets inside a band.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import numpy as np
+
+from discovery.laws.fit import FitOptions, fit_group
+from discovery.laws.law import Law, parse_law
+from discovery.tasks.dataset import Dataset
+from discovery.tasks.values import ConstantSpec
+
+Key = tuple[str, int]
+SERIAL_BELOW = 200_000  # resamples x rows under which starting processes costs more than it saves
+_BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    n_resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    n_jobs: int | None = None  # processes; None: one per core for large jobs, else 1
+    max_nfev: int = 200
+
+
+@dataclass
+class Bootstrap:
+    """Constants of every resample, per (group, target): samples[key] has shape (B, k); NaN rows failed."""
+
+    constant_names: list[str]
+    point: dict[Key, np.ndarray]
+    samples: dict[Key, np.ndarray]
+    options: BootstrapOptions
+    log_residuals: bool
+    residuals: dict[Key, np.ndarray]  # point fit's train residuals (log scale if log_residuals)
+    seconds: float
+
+    @property
+    def alpha(self) -> float:
+        return (1.0 - self.options.level) / 2.0
+
+    def n_ok(self, key: Key) -> int:
+        return int(np.isfinite(self.samples[key]).all(axis=1).sum())
+
+    def intervals(self) -> dict[Key, np.ndarray]:
+        """Percentile interval per constant: {key: (k, 2) array of [low, high]} (NaN if no resample succeeded)."""
+        q = [100 * self.alpha, 100 * (1 - self.alpha)]
+        out = {}
+        for key, s in self.samples.items():
+            ok = s[np.isfinite(s).all(axis=1)]
+            out[key] = np.percentile(ok, q, axis=0).T if len(ok) else np.full((s.shape[1], 2), np.nan)
+        return out
+
+    def draws(self, law: Law, X: np.ndarray, key: Key, noise_seed: int | None = None) -> np.ndarray:
+        """(B_ok, n) predictions at X for one group/target; with `noise_seed`, plus a resampled residual."""
+        s = self.samples[key]
+        s = s[np.isfinite(s).all(axis=1)]
+        if len(s) == 0 or len(X) == 0:
+            return np.full((0, len(X)), np.nan)
+        pred = np.array(law.predict(X, s), dtype=float)
+        if noise_seed is None:
+            return pred
+        r = self.residuals.get(key, np.zeros(1))
+        r = r[np.isfinite(r)] if np.isfinite(r).any() else np.zeros(1)
+        e = np.random.default_rng(noise_seed).choice(r, size=pred.shape)
+        return pred * np.exp(e) if self.log_residuals else pred + e
+
+    def band(self, law: Law, data: Dataset, noise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Low and high band edges (n, n_targets) for the rows of `data`; NaN where a group has no resamples."""
+        n_targets = max(t for _, t in self.samples) + 1
+        lo = np.full((len(data), n_targets), np.nan)
+        hi = lo.copy()
+        q = [100 * self.alpha, 100 * (1 - self.alpha)]
+        for i, key in enumerate(sorted(self.samples)):
+            g, t = key
+            mask = data.groups == g
+            if not mask.any():
+                continue
+            d = self.draws(law, data.X[mask], key, noise_seed=self.options.seed + 7919 * (i + 1) if noise else None)
+            d = np.where(np.isfinite(d), d, np.nan)
+            if len(d):
+                lo[mask, t], hi[mask, t] = np.nanpercentile(d, q, axis=0)
+        return lo, hi
+
+
+def coverage(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Share of observed targets inside [lo, hi]; cells without a band count as not covered."""
+    y = np.asarray(y, dtype=float)
+    inside = (y >= lo) & (y <= hi)
+    return float(inside.mean()) if inside.size else math.nan
+
+
+# --- the resampling ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Job:
+    formula: str
+    symbols: list[str]
+    specs: dict[str, ConstantSpec] | None
+    opts: FitOptions
+    pools: dict[Key, tuple[np.ndarray, np.ndarray]]  # per (group, target): X, y after dropped rows
+    point: dict[Key, np.ndarray]
+    seed: int
+    resamples: list[int]
+
+
+def _resample_seed(seed: int, b: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, b])
+
+
+def _run(job: _Job) -> dict[Key, np.ndarray]:
+    """Refit the resamples `job.resamples` from the point estimate; returns {key: (len, k)}."""
+    law = parse_law(job.formula, job.symbols)
+    k = len(law.constants)
+    out = {key: np.full((len(job.resamples), k), np.nan) for key in job.pools}
+    for i, b in enumerate(job.resamples):
+        rng = np.random.default_rng(_resample_seed(job.seed, b))
+        for key in sorted(job.pools):
+            X, y = job.pools[key]
+            idx = rng.integers(0, len(y), size=len(y))
+            point = job.point[key]
+            if not np.all(np.isfinite(point)):
+                continue
+            fit = fit_group(law, X[idx], y[idx], job.specs, job.opts, warm_start=point)
+            if fit.ok and np.all(np.isfinite(fit.theta)):
+                out[key][i] = fit.theta
+    return out
+
+
+def _pools(law: Law, data: Dataset, point: dict[Key, np.ndarray],
+           drop: int) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+    pools = {}
+    for g, t in point:
+        mask = data.groups == g
+        X, y = data.X[mask], data.Y[mask, t]
+        keep = np.isfinite(y)
+        if drop:
+            keep[np.argsort(-np.where(keep, y, -np.inf), kind="stable")[:drop]] = False
+        pools[(g, t)] = (X[keep], y[keep])
+    return pools
+
+
+def _residuals(law: Law, pools: dict, point: dict[Key, np.ndarray], log: bool) -> dict[Key, np.ndarray]:
+    out = {}
+    for key, (X, y) in pools.items():
+        with np.errstate(all="ignore"):
+            pred = law.predict(X, point[key])
+            out[key] = np.log(y) - np.log(pred) if log else y - pred
+    return out
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Workers spawned inside inherit one BLAS thread each: small least-squares problems on several
+    processes are slower, not faster, when every process also starts a BLAS thread per core."""
+    saved = {k: os.environ.get(k) for k in _BLAS_VARS}
+    os.environ.update({k: "1" for k in _BLAS_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bootstrap_law(law: Law, data: Dataset, point: dict[Key, np.ndarray], specs: dict[str, ConstantSpec] | None,
+                  fit_options: FitOptions, options: BootstrapOptions | None = None) -> Bootstrap:
+    """Bootstrap the constants of `law` fitted on `data` (usually all of train) with point estimate `point`."""
+    options = options or BootstrapOptions()
+    if options.n_resamples < 1:
+        raise ValueError("the bootstrap needs at least one resample")
+    t0 = time.perf_counter()
+    pools = _pools(law, data, point, fit_options.drop_highest_targets)
+    warm = replace(fit_options, n_starts=1, n_refine=1, drop_highest_targets=0, max_nfev=options.max_nfev)
+    B = options.n_resamples
+    jobs_n = options.n_jobs or (1 if B * len(data) < SERIAL_BELOW else os.cpu_count() or 1)
+    jobs_n = max(1, min(jobs_n, B))
+    chunks = [list(c) for c in np.array_split(np.arange(B), jobs_n) if len(c)]
+    symbols = [v.name for v in law.variables]
+    jobs = [_Job(law.text, symbols, specs, warm, pools, point, options.seed, c) for c in chunks]
+    if jobs_n == 1:
+        parts = [_run(j) for j in jobs]
+    else:
+        ctx = multiprocessing.get_context("spawn")  # like the campaign's pool: no threads copied mid-flight
+        with _single_threaded_blas(), ProcessPoolExecutor(max_workers=jobs_n, mp_context=ctx) as pool:
+            parts = list(pool.map(_run, jobs))
+    samples = {key: np.vstack([p[key] for p in parts]) for key in pools}
+    return Bootstrap(constant_names=[c.name for c in law.constants], point=dict(point), samples=samples,
+                     options=options, log_residuals=fit_options.log_residuals,
+                     residuals=_residuals(law, pools, point, fit_options.log_residuals),
+                     seconds=time.perf_counter() - t0)
+
+
+def summary(boot: Bootstrap, law: Law, test: Dataset | None = None) -> dict:
+    """JSON-ready: method, resamples, intervals per key, and coverage of `test` by both bands."""
+    out = {
+        "method": ("percentile bootstrap over rows within each group, refit from the point estimate "
+                   "(warm start, one refinement)"),
+        "resamples": boot.options.n_resamples, "seed": boot.options.seed, "level": boot.options.level,
+        "seconds": round(boot.seconds, 3),
+        "ok": {f"{g}|{t}": boot.n_ok((g, t)) for g, t in sorted(boot.samples)},
+    }
+    if test is not None and len(test):
+        lo, hi = boot.band(law, test)
+        plo, phi = boot.band(law, test, noise=True)
+        out["coverage"] = {
+            "split": "test", "cells": int(test.Y.size),
+            "law_band": coverage(test.Y, lo, hi),
+            "prediction_band": coverage(test.Y, plo, phi),
+            "note": ("law band: the fitted curve's uncertainty (constants only); prediction band: plus a "
+                     "resampled train residual, where a new observation should fall"),
+        }
+    return out

@@ -1,0 +1,1 @@
+"""Stages 3-4, the discovery loop: proposers, campaign, population, executors, store and sweeps."""

@@ -1,0 +1,513 @@
+"""A discovery campaign: propose -> parse -> fit on the fit part -> score on validation -> select.
+
+Selection sees validation scores only. When the budget is spent, the Pareto front (validation
+error vs complexity) is refit on all of train and scored once on test for the report. Every
+candidate is committed to the run's SQLite store as it is produced; a killed run resumes at the
+slot where it stopped, because proposals are seeded (and LLM replies cached) so the same slots come
+back and are found in the store instead of being evaluated again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options
+from discovery.laws.identifiability import redundant_constants, screening_rows
+from discovery.laws.law import Law, LawError, parse_law
+from discovery.laws.shape import SHAPE_KEPT, shape_of
+from discovery.search.executors import FitData, FitJob, FitOutcome, constants_json, make_executor
+from discovery.search.population import Member, Population, pareto_front
+from discovery.search.proposers.base import (
+    BudgetExhausted,
+    Candidate,
+    Proposal,
+    ProposalContext,
+    Proposer,
+    Rejection,
+    Survivor,
+)
+from discovery.search.store import Store
+from discovery.search.summaries import data_summary, residual_summary
+from discovery.tasks.data import load_frame
+from discovery.tasks.spec import Task, load_task
+from discovery.tasks.values import ConstantSpec
+from evaluators.benchmark import human_fits, parse_human_law
+from evaluators.metrics import Scores, score
+from evaluators.protocol import Protocol
+
+RESULTS_DIR = Path("results")
+
+
+class CampaignSettings(BaseModel):
+    """Everything that defines a run; also readable from a TOML campaign file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    proposer: Literal["offline", "llm", "mixed"] = "offline"
+    seed: int = 0
+    generations: int = Field(default=60, ge=1)
+    population: int = Field(default=16, ge=2, description="members kept per island")
+    islands: int = Field(default=2, ge=1)
+    children: int = Field(default=8, ge=1, description="candidates proposed per island per generation")
+    time_limit: float | None = Field(
+        default=540.0, gt=0,
+        description="wall seconds for the search (a safety net: the default budget is generations)")
+    fit_starts: int = Field(default=32, ge=1)
+    fit_recipes: list[Literal["linear", "log", "log_huber"]] = Field(
+        default=["linear", "log_huber"], min_length=1,
+        description="fitting recipes tried per candidate; validation picks one (log ones need positive targets)")
+    fit_time_limit: float = Field(
+        default=60.0, gt=0, description="safety net: seconds to fit one candidate (all groups). Fits are bounded "
+        "deterministically by evaluation counts; this only stops pathological ones, and then the result depends on "
+        "machine speed (the reason is recorded)")
+    # LLM settings (used by --proposer llm|mixed)
+    model: str | None = None
+    base_url: str | None = None
+    max_llm_calls: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0, description="total tokens budget over the run")
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    llm_timeout: float = 60.0
+    llm_cache_dir: str | None = None
+    replay_only: bool = False
+    out: str | None = None
+    structured: Literal["auto", "schema", "json", "off"] = Field(
+        default="auto", description="LLM reply format: JSON schema, JSON object, or plain text (auto falls back)")
+    executor: Literal["serial", "local", "dask"] = Field(default="local", description="where candidate fits run")
+    workers: int | None = Field(default=None, ge=1, description="worker processes (default: one per core)")
+    scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler (tcp://host:8786)")
+
+
+def load_settings_file(path: Path, **overrides) -> CampaignSettings:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read campaign file: {exc}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return CampaignSettings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{path}: field `{'.'.join(map(str, first['loc']))}`: {first['msg']}") from None
+
+
+@dataclass
+class Progress:
+    generation: int = 0
+    generations: int = 0
+    evaluated: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    best_val_r2: float = -math.inf
+    best_formula: str = ""
+    started: float = field(default_factory=time.monotonic)
+    llm: dict = field(default_factory=dict)
+    status: str = "running"
+
+    @property
+    def rate(self) -> float:
+        return self.evaluated / max(1e-9, time.monotonic() - self.started)
+
+
+def _seed_for(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little")
+
+
+def _specs_json(specs: dict[str, ConstantSpec] | None) -> dict | None:
+    return None if specs is None else {k: v.model_dump() for k, v in specs.items()}
+
+
+def _specs_from_json(raw: str | None) -> dict[str, ConstantSpec] | None:
+    if not raw:
+        return None
+    return {k: ConstantSpec.model_validate(v) for k, v in json.loads(raw).items()}
+
+
+def make_proposer(settings: CampaignSettings, task: Task) -> Proposer:
+    from discovery.search.proposers.offline import OfflineProposer
+
+    if settings.proposer == "offline":
+        return OfflineProposer(task)
+    from discovery.search.proposers.llm import LLMProposer
+    from discovery.search.proposers.mixed import MixedProposer
+
+    llm = LLMProposer.from_settings(settings, task)
+    if settings.proposer == "llm":
+        return llm
+    return MixedProposer(llm, OfflineProposer(task))
+
+
+class Campaign:
+    """A resumable discovery run. `Campaign(settings).run()`; results land in `run_dir`."""
+
+    def __init__(self, settings: CampaignSettings, run_dir: Path | None = None,
+                 proposer: Proposer | None = None, on_progress: Callable[[Progress], None] | None = None):
+        self.settings = settings
+        self.task = load_task(settings.task)
+        self.run_dir = Path(run_dir or settings.out or RESULTS_DIR / self.task.name /
+                            f"{settings.proposer}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.store = Store(self.run_dir / "campaign.sqlite")
+        self.protocol = Protocol(self.task, load_frame(self.task))
+        self.proposer = proposer or make_proposer(settings, self.task)
+        self.on_progress = on_progress or (lambda p: None)
+        # Search fits are cheaper than final ones (looser tolerance, fewer evaluations); the Pareto front is
+        # refit with the defaults before anything is reported on test.
+        self.fit_opts = FitOptions(seed=settings.seed, n_starts=settings.fit_starts, n_refine=1, max_nfev=80,
+                                   polish=False, tol=1e-6, time_limit=settings.fit_time_limit)
+        self.population = Population(settings.islands, settings.population)
+        self._fit_data = FitData(self.task.symbols, self.task.targets, self.protocol.fit_part,
+                                 self.protocol.validation, self.task.shape_priors(), self.protocol.validation_blocks)
+        self._screen_rows = screening_rows(self.protocol.fit_part)
+        self._screened: dict[str, str | None] = {}
+        self._executor = None
+        self.members: dict[int, Member] = {}
+        self.progress = Progress(generations=settings.generations)
+        self._summary = data_summary(self.task, self.protocol)
+        self._elapsed_before = 0.0
+
+    @classmethod
+    def resume(cls, run_dir: Path, **kwargs) -> "Campaign":
+        store = Store(Path(run_dir) / "campaign.sqlite")
+        meta = store.meta()
+        store.close()
+        if "settings" not in meta:
+            raise ValueError(f"{run_dir}: not a Kepler run (no settings in campaign.sqlite)")
+        return cls(CampaignSettings.model_validate(meta["settings"]), run_dir=Path(run_dir), **kwargs)
+
+    # --- evaluation ------------------------------------------------------------------------
+    def _member_from_row(self, row) -> Member | None:
+        if row is None or row["status"] not in ("evaluated", "failed") or row["val_nmse"] is None:
+            return None
+        return Member(int(row["id"]), row["canonical_hash"], float(row["val_nmse"]), int(row["complexity"]),
+                      shape_ok=not row["shape"])
+
+    def _plan(self, gen: int, island: int, slot: int, item: Candidate | Rejection,
+              batch: dict[str, tuple[int, int]]) -> dict:
+        """Decide what a slot needs without fitting: stored already, rejected, duplicate, or a fit job."""
+        existing = self.store.slot(gen, island, slot)
+        if existing is not None:  # resumed: this slot was done before the interruption
+            if existing["status"] in ("evaluated", "failed"):  # it was this generation's fit of its law
+                batch.setdefault(existing["canonical_hash"], (island, slot))
+            return {"kind": "existing", "row": existing}
+        common = dict(generation=gen, island=island, slot=slot, proposer=item.proposer, formula=item.formula)
+        if isinstance(item, Rejection):
+            return {"kind": "write", "common": common, "info": {}, "status": "rejected", "reason": item.reason}
+        try:
+            declared = list(item.constants) if item.constants and item.proposer != "offline" else None
+            law = parse_law(item.formula, self.task.symbols, constants=declared,
+                            max_constants=self.task.constant_limit, column_hints=self.task.symbol_for_column())
+        except LawError as exc:
+            info = dict(operation=item.operation, parents=item.parents, rationale=item.rationale)
+            return {"kind": "write", "common": common, "info": info, "status": "rejected", "reason": str(exc)}
+        info = dict(operation=item.operation, canonical=law.canonical, canonical_hash=law.hash, parents=item.parents,
+                    constant_specs=_specs_json(item.constants), rationale=item.rationale,
+                    complexity=law.complexity, n_constants=len(law.constants))
+        # Only the grammar's own laws are screened: their variables are scaled to order one, where a rank test
+        # at random starts is reliable. A law in raw units (an LLM's E + A/N**alpha with default starts) can
+        # look rank-deficient when it is only badly scaled; the fitter copes with that, the screen would not.
+        screened = self._screen(law, item.constants) if item.proposer == "offline" else None
+        if screened:
+            return {"kind": "write", "common": common, "info": info, "status": "rejected", "reason": screened}
+        # Proposed twice in this generation: only the first is fitted. Checked before the store, so a resumed
+        # generation whose first copy was stored before the interruption words the duplicate as a fresh run does.
+        if law.hash in batch:
+            return {"kind": "write", "common": common, "info": info, "status": "duplicate",
+                    "reason": "same law as generation {} island {} slot {}".format(gen, *batch[law.hash])}
+        original = self.store.evaluated_by_hash(law.hash)
+        if original is not None:  # the fit cache: a law is never fitted twice in a run
+            return {"kind": "write", "common": common, "info": info, "status": "duplicate",
+                    "reason": f"same law as #{original['id']}"}
+        batch[law.hash] = (island, slot)
+        job = FitJob(law.text, item.constants, self.fit_opts, self.settings.fit_time_limit,
+                     tuple(self.settings.fit_recipes))
+        return {"kind": "fit", "common": common, "info": info, "job": job, "law": law}
+
+    def _screen(self, law: Law, specs: dict[str, ConstantSpec] | None) -> str | None:
+        """Why a parsed law is not worth a fit (redundant constants on the fit rows), or None; memoised."""
+        if law.hash not in self._screened:
+            self._screened[law.hash] = redundant_constants(law, self._screen_rows, specs, seed=int(law.hash[:8], 16))
+        return self._screened[law.hash]
+
+    def _write(self, plan: dict, outcome: FitOutcome | None) -> Member | None:
+        if plan["kind"] == "existing":
+            row = plan["row"]
+            self._count(row["status"])
+            return self._member_from_row(row)
+        if outcome is None:
+            self.store.add_candidate(**plan["common"], **plan["info"], status=plan["status"], reason=plan["reason"])
+            self._count(plan["status"])
+            return None
+        status = "evaluated" if outcome.ok else "failed"
+        cid = self.store.add_candidate(
+            **plan["common"], **plan["info"], status=status, reason="; ".join(outcome.failures)[:300] or None,
+            fit=dict(constants=outcome.constants, status="ok" if outcome.ok else "failed", val_r2=outcome.val_r2,
+                     val_nmse=outcome.val_nmse, val_nmae=outcome.val_nmae, fit_seconds=outcome.seconds,
+                     recipe=outcome.recipe, shape=outcome.shape))
+        self._count(status)
+        law = plan["law"]
+        if outcome.shape is None and outcome.val_r2 > self.progress.best_val_r2:
+            self.progress.best_val_r2, self.progress.best_formula = outcome.val_r2, law.text
+        return Member(cid, law.hash, outcome.val_nmse, law.complexity, shape_ok=outcome.shape is None)
+
+    def _count(self, status: str) -> None:
+        if status in ("evaluated", "failed"):
+            self.progress.evaluated += 1
+        elif status == "rejected":
+            self.progress.rejected += 1
+        elif status == "duplicate":
+            self.progress.duplicates += 1
+
+    @property
+    def executor(self):
+        if self._executor is None:
+            self._executor = make_executor(self.settings.executor, self._fit_data, self.settings.workers,
+                                           self.settings.scheduler)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+        self.store.close()
+
+    # --- proposing ---------------------------------------------------------------------------
+    def _survivor(self, m: Member) -> Survivor:
+        row = self.store.candidate(m.id)
+        fitted = json.loads(row["fitted"]) if row["fitted"] else {}
+        first = next(iter(fitted.values()), {})
+        return Survivor(id=m.id, formula=row["formula"], canonical=row["canonical"] or "", complexity=m.complexity,
+                        n_constants=row["n_constants"] or 0, val_r2=row["val_r2"], val_nmse=row["val_nmse"],
+                        constants=first, constant_specs=_specs_from_json(row["constant_specs"]), shape=row["shape"])
+
+    def _contexts(self, gen: int) -> list[ProposalContext]:
+        # Only what earlier generations produced: a resumed generation must see exactly what it saw first.
+        seen = frozenset(r["canonical_hash"] for r in self.store.db.execute(
+            "SELECT DISTINCT canonical_hash FROM candidates WHERE canonical_hash IS NOT NULL AND generation < ?",
+            (gen,)))
+        rejections = [Rejection(r["formula"], r["reason"], r["proposer"])
+                      for r in self.store.recent_rejections(before_generation=gen)]
+        residuals = ""
+        if self.settings.proposer != "offline" and self.population.best() is not None:
+            residuals = self._residuals(self.population.best())
+        contexts = []
+        for island in range(self.settings.islands):
+            survivors = [self._survivor(m) for m in self.population.ranked(island)[:8]]
+            contexts.append(ProposalContext(
+                task=self.task, generation=gen, island=island, n=self.settings.children,
+                seed=_seed_for(self.settings.seed, gen, island) % (2**32), survivors=survivors,
+                rejections=rejections, residuals=residuals, data_summary=self._summary, seen_hashes=seen,
+                screen=self._screen))
+        return contexts
+
+    def _residuals(self, best: Member) -> str:
+        """Where the best law errs on train, from its stored fit-part constants (no refit)."""
+        row = self.store.candidate(best.id)
+        law = parse_law(row["formula"], self.task.symbols)
+        return residual_summary(self.task, law, self._search_fit(row, law), self.protocol.train)
+
+    def _search_fit(self, row, law: Law) -> LawFit:
+        """The constants a candidate was validated with (fitted on the fit part), from the store."""
+        fits = {}
+        for key, consts in json.loads(row["fitted"] or "{}").items():
+            group, t = key.rsplit("|", 1)
+            fits[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
+        return LawFit(law, self.task.targets, fits)
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _restore(self) -> int:
+        for row in self.store.candidates():
+            m = self._member_from_row(row)
+            if m is not None:
+                self.members[m.id] = m
+        last = self.store.last_generation()
+        meta = self.store.meta()
+        self._elapsed_before = float(meta.get("search_seconds", 0.0))
+        if last is None:
+            return 0
+        self.population.restore(json.loads(last["islands"]), self.members)
+        counts = self.store.counts()
+        self.progress.evaluated = counts.get("evaluated", 0) + counts.get("failed", 0)
+        self.progress.rejected = counts.get("rejected", 0)
+        self.progress.duplicates = counts.get("duplicate", 0)
+        best = self.population.best()
+        if best is not None:
+            row = self.store.candidate(best.id)
+            self.progress.best_val_r2, self.progress.best_formula = row["val_r2"], row["formula"]
+        return int(last["generation"]) + 1
+
+    def _out_of_time(self, t0: float) -> bool:
+        limit = self.settings.time_limit
+        return limit is not None and self._elapsed_before + time.monotonic() - t0 > limit
+
+    def run(self) -> dict:
+        """Run (or continue) the search, then the final report; returns best.json's content."""
+        s = self.settings
+        meta = self.store.meta()
+        if "settings" not in meta:
+            self.store.set_meta(settings=s.model_dump(), task=self.task.name, proposer=s.proposer, seed=s.seed,
+                                status="running", created=time.time())
+        elif meta.get("status") == "finished":
+            return json.loads((self.run_dir / "best.json").read_text())
+        start = self._restore()
+        _ = self.executor  # start worker processes now, before any proposer thread exists
+        if start > 0 and hasattr(self.proposer, "add_previous_usage"):
+            # budgets span the whole run; the generation being resumed is re-proposed (from the cache) and counts then
+            usage = self.store.llm_usage(before_generation=start)
+            self.proposer.add_previous_usage(calls=usage["calls"], prompt_tokens=usage["prompt_tokens"],
+                                             completion_tokens=usage["completion_tokens"], cost_usd=usage["cost_usd"])
+        self.store.set_meta(status="running")
+        t0 = time.monotonic()
+        stop_reason = "budget: generations"
+        try:
+            for gen in range(start, s.generations):
+                if self._out_of_time(t0):
+                    stop_reason = "budget: time limit"
+                    break
+                self.progress.generation = gen
+                try:
+                    proposals = self.proposer.propose(self._contexts(gen))
+                except BudgetExhausted as exc:
+                    stop_reason = f"budget: {exc}"
+                    break
+                self._run_generation(gen, proposals)
+                self.store.set_meta(search_seconds=self._elapsed_before + time.monotonic() - t0)
+        finally:
+            self.store.set_meta(search_seconds=self._elapsed_before + time.monotonic() - t0)
+            if self._executor is not None:
+                self._executor.close()
+                self._executor = None
+        self.store.event("stop", stop_reason)
+        return self.finish(stop_reason)
+
+    def _run_generation(self, gen: int, proposals: list[Proposal]) -> None:
+        """Plan every slot, fit the new laws (in parallel when the executor allows), write in slot order."""
+        rng = np.random.default_rng(_seed_for(self.settings.seed, gen, 999))
+        plans: list[tuple[int, dict]] = []
+        batch: dict[str, tuple[int, int]] = {}
+        for island, proposal in enumerate(proposals):
+            for call in proposal.calls:
+                self.store.add_llm_call(gen, island, call)
+            items: list[Candidate | Rejection] = [*proposal.candidates, *proposal.rejections]
+            plans.extend((island, self._plan(gen, island, slot, item, batch)) for slot, item in enumerate(items))
+        self.progress.llm = self.store.llm_usage()
+        outcomes = iter(self.executor.map(p["job"] for _, p in plans if p["kind"] == "fit"))
+        newcomers: list[list[Member]] = [[] for _ in proposals]
+        for island, plan in plans:
+            member = self._write(plan, next(outcomes) if plan["kind"] == "fit" else None)
+            if member is not None:
+                self.members[member.id] = member
+                newcomers[island].append(member)
+            self.on_progress(self.progress)
+        for island, members in enumerate(newcomers):
+            self.population.admit(island, members, rng)
+        self.population.migrate(gen)
+        best = self.population.best()
+        best_r2 = self.store.candidate(best.id)["val_r2"] if best else None
+        self.store.complete_generation(gen, self.population.snapshot(), best.id if best else None, best_r2)
+        self.on_progress(self.progress)
+
+    # --- the final report -------------------------------------------------------------------------
+    def finish(self, stop_reason: str) -> dict:
+        """Refit the Pareto front on all of train, score it once on test, write best.json."""
+        self.progress.status = "final report"
+        self.on_progress(self.progress)
+        everyone = list(self.members.values())
+        if not everyone:
+            self.store.set_meta(status="finished", stop_reason=stop_reason)
+            result = {"task": self.task.name, "status": "no law evaluated", "stop_reason": stop_reason}
+            (self.run_dir / "best.json").write_text(json.dumps(result, indent=2))
+            return result
+        best = min(everyone, key=lambda m: m.rank)
+        front = pareto_front(everyone)
+        if best not in front:
+            front.append(best)
+        test = self.protocol.final_test(purpose="campaign final report: Pareto front and human law")
+        # The refit continues from the constants each law was validated with (plus its own initial values),
+        # with the full refinement: the law that was selected is the law that is reported, not another basin
+        # of it that a fresh multi-start search on more rows might jump to.
+        final_opts = FitOptions(seed=self.settings.seed, n_starts=1)
+        reports = []
+        for m in sorted(front, key=lambda m: m.complexity):
+            row = self.store.candidate(m.id)
+            law = parse_law(row["formula"], self.task.symbols)
+            fit = fit_law(law, self.protocol.train, self.task.targets, _specs_from_json(row["constant_specs"]),
+                          recipe_options(final_opts, row["recipe"] or "linear"), warm=self._search_fit(row, law))
+            t = score(test.Y, fit.predict(test))
+            self.store.add_final(m.id, "best" if m.id == best.id else "pareto", constants_json(fit),
+                                 "ok" if fit.ok else "failed", t.as_dict())
+            reports.append(self._law_report(row, law, fit, t))
+        human = self._human_report(test)
+        best_report = next(r for r in reports if r["id"] == best.id)
+        usage = self.store.llm_usage()
+        meta = self.store.meta()
+        result = {
+            "task": self.task.name,
+            "proposer": self.settings.proposer,
+            "seed": self.settings.seed,
+            "stop_reason": stop_reason,
+            "best": best_report,
+            "pareto_front": reports,
+            "human": human,
+            "candidates_evaluated": self.progress.evaluated,
+            "candidates_rejected": self.progress.rejected,
+            "duplicates_skipped": self.progress.duplicates,
+            "generations_completed": (self.store.last_generation() or {"generation": -1})["generation"] + 1,
+            "wall_seconds": round(float(meta.get("search_seconds", 0.0)), 2),
+            "llm": {"calls": usage["calls"], "cached": usage["cached"], "prompt_tokens": usage["prompt_tokens"],
+                    "completion_tokens": usage["completion_tokens"], "cost_usd": round(usage["cost_usd"], 6)},
+            "how": (f"Candidates were fitted on the fit part of train and selected on the validation slice "
+                    f"({self.task.split.describe_validation()}); the Pareto front was refit on all of train "
+                    f"(starting from the validated constants) and scored once on test."),
+        }
+        tmp = self.run_dir / "best.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2, default=float))
+        tmp.replace(self.run_dir / "best.json")
+        self.store.set_meta(status="finished", stop_reason=stop_reason, best_val_r2=best_report["validation"]["r2"],
+                            best_test_r2=best_report["test"]["r2"])
+        self.progress.status = "finished"
+        self.on_progress(self.progress)
+        return result
+
+    def _law_report(self, row, law: Law, fit: LawFit, test: Scores) -> dict:
+        groups = sorted({g for g, _ in fit.fits})
+        return {
+            "id": int(row["id"]),
+            "formula": row["formula"],
+            "canonical": law.canonical,
+            "complexity": law.complexity,
+            "n_constants": len(law.constants),
+            "fit_recipe": row["recipe"] or "linear",
+            "proposer": row["proposer"],
+            "generation": row["generation"],
+            "constants": {g if len(self.task.targets) == 1 else f"{g}/{self.task.targets[t]}": fit.constants(g, t)
+                          for g in groups for t in range(len(self.task.targets))},
+            "validation": {"r2": row["val_r2"], "nmse": row["val_nmse"], "nmae": row["val_nmae"],
+                           "fitted_on": "fit part of train"},
+            "shape": row["shape"] or (SHAPE_KEPT if self.task.shape_priors() else None),
+            "test": {"r2": test.r2, "nmse": test.nmse, "nmae": test.nmae, "fitted_on": "all of train"},
+        }
+
+    def _human_report(self, test) -> list[dict]:
+        out = []
+        for human in self.task.human_laws:
+            law = parse_human_law(self.task, human)
+            val_fits = dict(human_fits(self.task, self.protocol.fit_part, human, self.settings.seed))
+            test_fits = dict(human_fits(self.task, self.protocol.train, human, self.settings.seed))
+            for variant, tf in test_fits.items():
+                v = self.protocol.validation_score(val_fits[variant].predict(self.protocol.validation))
+                t = score(test.Y, tf.predict(test))
+                shape = shape_of(val_fits[variant], self.protocol.train, self.task.shape_priors())
+                out.append({"law": human.name, "formula": human.formula, "constants_from": variant,
+                            "complexity": law.complexity, "n_constants": len(law.constants),
+                            "validation": v.as_dict(), "test": t.as_dict(), "published_r2": human.published.r2,
+                            "shape": shape or (SHAPE_KEPT if self.task.shape_priors() else None)})
+        return out

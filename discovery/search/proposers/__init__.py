@@ -1,0 +1,1 @@
+"""Proposers: where candidate formulas come from (the offline grammar, an LLM, or both)."""

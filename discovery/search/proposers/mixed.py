@@ -1,0 +1,22 @@
+"""Mixed proposing: an LLM and the offline grammar feed one population."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from discovery.search.proposers.base import Proposal, ProposalContext, Proposer
+
+
+class MixedProposer(Proposer):
+    name = "mixed"
+
+    def __init__(self, llm: Proposer, offline: Proposer):
+        self.llm = llm
+        self.offline = offline
+
+    def propose(self, contexts: list[ProposalContext]) -> list[Proposal]:
+        llm_ctx = [replace(c, n=max(1, c.n // 2)) for c in contexts]
+        off_ctx = [replace(c, n=c.n - max(1, c.n // 2)) for c in contexts]
+        from_llm = self.llm.propose(llm_ctx)
+        from_offline = self.offline.propose(off_ctx)
+        return [Proposal(candidates=a.candidates + b.candidates, rejections=a.rejections + b.rejections,
+                         calls=a.calls + b.calls) for a, b in zip(from_llm, from_offline, strict=True)]

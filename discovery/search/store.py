@@ -1,0 +1,209 @@
+"""One SQLite file per run: every candidate, fit, score and LLM call, committed as it is produced.
+
+WAL mode with one writer (the campaign process). Candidates are keyed by (generation, island,
+slot), so a resumed run that proposes the same slot again finds the stored result instead of
+counting it twice.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from discovery.search.proposers.base import LLMCall
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL, island INTEGER NOT NULL, slot INTEGER NOT NULL,
+    proposer TEXT NOT NULL, operation TEXT, formula TEXT NOT NULL,
+    canonical TEXT, canonical_hash TEXT, parents TEXT NOT NULL DEFAULT '[]',
+    constant_specs TEXT, rationale TEXT,
+    status TEXT NOT NULL,            -- evaluated | rejected | duplicate | failed
+    reason TEXT,                     -- why rejected / failed; for duplicates, the original id
+    complexity INTEGER, n_constants INTEGER,
+    created_at REAL NOT NULL,
+    UNIQUE (generation, island, slot)
+);
+CREATE INDEX IF NOT EXISTS candidates_hash ON candidates (canonical_hash);
+CREATE TABLE IF NOT EXISTS fits (
+    candidate_id INTEGER PRIMARY KEY REFERENCES candidates(id),
+    constants TEXT NOT NULL,         -- {"group/target_index": {"name": value}}
+    status TEXT NOT NULL, reason TEXT,
+    val_r2 REAL, val_nmse REAL, val_nmae REAL,
+    fit_seconds REAL,
+    recipe TEXT,                     -- the fitting recipe validation chose (see fit.RECIPES)
+    shape TEXT                       -- the shape prior the fitted law breaks, NULL if none (discovery.laws.shape)
+);
+CREATE TABLE IF NOT EXISTS llm_calls (
+    id INTEGER PRIMARY KEY,
+    generation INTEGER, island INTEGER,
+    request_hash TEXT, model TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER,
+    latency_s REAL, cost_usd REAL, cached INTEGER, status TEXT,
+    error TEXT, attempts TEXT, finish_reason TEXT, response_format TEXT,
+    created_at REAL NOT NULL,
+    UNIQUE (generation, island, request_hash)
+);
+CREATE TABLE IF NOT EXISTS generations (
+    generation INTEGER PRIMARY KEY,
+    islands TEXT NOT NULL,           -- [[candidate ids], ...] after selection
+    best_id INTEGER, best_val_r2 REAL,
+    completed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS final (
+    candidate_id INTEGER PRIMARY KEY,
+    role TEXT NOT NULL,              -- pareto | best | human
+    constants TEXT NOT NULL,
+    train_fit_status TEXT,
+    test_r2 REAL, test_nmse REAL, test_nmae REAL
+);
+CREATE TABLE IF NOT EXISTS events (ts REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
+"""
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        if "shape" not in {r["name"] for r in self.db.execute("PRAGMA table_info(fits)")}:
+            self.db.execute("ALTER TABLE fits ADD COLUMN shape TEXT")  # a run stored before shape priors
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- meta -----------------------------------------------------------------------------
+    def set_meta(self, **values: Any) -> None:
+        with self.transaction() as db:
+            for k, v in values.items():
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+
+    def meta(self) -> dict[str, Any]:
+        return {r["key"]: json.loads(r["value"]) for r in self.db.execute("SELECT key, value FROM meta")}
+
+    def event(self, kind: str, message: str) -> None:
+        self.db.execute("INSERT INTO events VALUES (?, ?, ?)", (time.time(), kind, message))
+
+    # --- candidates ----------------------------------------------------------------------
+    def slot(self, generation: int, island: int, slot: int) -> sqlite3.Row | None:
+        return self.db.execute(
+            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.shape "
+            "FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id "
+            "WHERE generation = ? AND island = ? AND slot = ?", (generation, island, slot)).fetchone()
+
+    def add_candidate(self, *, generation: int, island: int, slot: int, proposer: str, formula: str,
+                      status: str, operation: str = "", canonical: str | None = None, canonical_hash: str | None = None,
+                      parents: tuple[int, ...] = (), constant_specs: dict | None = None, rationale: str = "",
+                      reason: str | None = None, complexity: int | None = None, n_constants: int | None = None,
+                      fit: dict | None = None) -> int:
+        """Insert a candidate (and its fit, if any) in one transaction."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO candidates (generation, island, slot, proposer, operation, formula, canonical, "
+                "canonical_hash, parents, constant_specs, rationale, status, reason, complexity, n_constants, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (generation, island, slot, proposer, operation, formula, canonical, canonical_hash,
+                 json.dumps(list(parents)), json.dumps(constant_specs) if constant_specs is not None else None,
+                 rationale, status, reason, complexity, n_constants, time.time()))
+            cid = int(cur.lastrowid)
+            if fit is not None:
+                db.execute("INSERT INTO fits (candidate_id, constants, status, reason, val_r2, val_nmse, val_nmae, "
+                           "fit_seconds, recipe, shape) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           (cid, json.dumps(fit["constants"]), fit["status"], fit.get("reason"), fit["val_r2"],
+                            fit["val_nmse"], fit["val_nmae"], fit["fit_seconds"], fit.get("recipe", "linear"),
+                            fit.get("shape")))
+        return cid
+
+    def evaluated_by_hash(self, canonical_hash: str) -> sqlite3.Row | None:
+        return self.db.execute(
+            "SELECT c.id, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status "
+            "FROM candidates c JOIN fits f ON f.candidate_id = c.id "
+            "WHERE c.canonical_hash = ? AND c.status IN ('evaluated', 'failed') ORDER BY c.id LIMIT 1",
+            (canonical_hash,)).fetchone()
+
+    def candidate(self, cid: int) -> sqlite3.Row:
+        return self.db.execute(
+            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.recipe, "
+            "f.shape "
+            "FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id WHERE c.id = ?", (cid,)).fetchone()
+
+    def candidates(self, status: str | None = None) -> list[sqlite3.Row]:
+        sql = ("SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.shape FROM candidates c "
+               "LEFT JOIN fits f ON f.candidate_id = c.id")
+        if status:
+            return self.db.execute(sql + " WHERE c.status = ? ORDER BY c.id", (status,)).fetchall()
+        return self.db.execute(sql + " ORDER BY c.id").fetchall()
+
+    def outcomes(self) -> list[tuple]:
+        """What the run produced, slot by slot, without timings: equal for two runs that did the same work
+        (wherever their fits ran, and however often they were interrupted)."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT c.generation, c.island, c.slot, c.formula, c.canonical_hash, c.status, c.reason, f.constants, "
+            "f.val_r2, f.val_nmse, f.val_nmae, f.shape FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id "
+            "ORDER BY c.generation, c.island, c.slot")]
+
+    def recent_rejections(self, before_generation: int, limit: int = 8) -> list[sqlite3.Row]:
+        rows = self.db.execute("SELECT formula, reason, proposer FROM candidates WHERE status = 'rejected' "
+                               "AND generation < ? ORDER BY id DESC LIMIT ?", (before_generation, limit)).fetchall()
+        return rows[::-1]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT status, COUNT(*) AS n FROM candidates GROUP BY status").fetchall()
+        return {r["status"]: r["n"] for r in rows}
+
+    # --- LLM calls -----------------------------------------------------------------------
+    def add_llm_call(self, generation: int, island: int, call: LLMCall) -> None:
+        d = asdict(call)
+        self.db.execute(
+            "INSERT OR IGNORE INTO llm_calls (generation, island, request_hash, model, prompt_tokens, "
+            "completion_tokens, latency_s, cost_usd, cached, status, error, attempts, finish_reason, response_format, "
+            "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (generation, island, d["request_hash"], d["model"], d["prompt_tokens"], d["completion_tokens"],
+             d["latency_s"], d["cost_usd"], int(d["cached"]), d["status"], d.get("error", ""),
+             json.dumps(d.get("attempts", [])), d.get("finish_reason", ""), d.get("response_format", ""), time.time()))
+
+    def llm_usage(self, before_generation: int | None = None) -> dict[str, float]:
+        where = "" if before_generation is None else f"WHERE generation < {int(before_generation)}"
+        r = self.db.execute(
+            "SELECT COUNT(*) AS calls, COALESCE(SUM(prompt_tokens),0) AS prompt_tokens, "
+            "COALESCE(SUM(completion_tokens),0) AS completion_tokens, COALESCE(SUM(cost_usd),0) AS cost_usd, "
+            f"COALESCE(SUM(cached),0) AS cached FROM llm_calls {where}").fetchone()
+        return dict(r)
+
+    # --- generations ---------------------------------------------------------------------
+    def complete_generation(self, generation: int, islands: list[list[int]], best_id: int | None,
+                            best_val_r2: float | None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?)",
+                        (generation, json.dumps(islands), best_id, best_val_r2, time.time()))
+
+    def last_generation(self) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
+
+    def generation_history(self) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT generation, best_id, best_val_r2 FROM generations ORDER BY generation").fetchall()
+
+    # --- final report --------------------------------------------------------------------
+    def add_final(self, candidate_id: int, role: str, constants: dict, status: str, test: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO final VALUES (?,?,?,?,?,?,?)",
+                        (candidate_id, role, json.dumps(constants), status, test["r2"], test["nmse"], test["nmae"]))

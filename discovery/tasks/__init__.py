@@ -1,0 +1,1 @@
+"""Stage 0, what the data is: task specs, the values they declare, and loading their rows."""

@@ -1,0 +1,240 @@
+"""Task specs: one TOML file per dataset, validated by pydantic.
+
+A task says what the data is (variables, targets, groups, where the bytes come from), how it is
+split (train/test, and the scale axis along which validation is carved out of train), the rules a
+law must follow (constant limit) and the human laws of the literature with their published scores.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from discovery.tasks.values import ConstantSpec, Direction, FitSettings, ShapePriors, Strict
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+
+
+class TaskError(ValueError):
+    """A task spec is missing or invalid; the message names the file and the field."""
+
+
+class Variable(Strict):
+    column: str = Field(description="column name in the tidy data frame")
+    symbol: str = Field(description="identifier used for this variable in formulas, e.g. N")
+    unit: str = ""
+    meaning: str = ""
+    range: tuple[float, float] | None = Field(default=None, description="observed [min, max] over all rows")
+    monotone: Literal["decreasing", "increasing"] | None = Field(
+        default=None, description="known direction of every target as this variable grows, all else fixed "
+                                  "(e.g. loss vs parameters: decreasing); laws that break it rank last")
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol_is_identifier(cls, v: str) -> str:
+        if not IDENTIFIER.match(v):
+            raise ValueError(f"symbol {v!r} must be an ASCII identifier (letter, then letters/digits/_)")
+        return v
+
+
+class PublishedScore(Strict):
+    r2: float | None = Field(default=None, description="published test R2 (SLDBench's table, clipped at -1)")
+    metrics: dict[str, float] = Field(default_factory=dict, description="other published test metrics, e.g. rmse")
+    note: str = ""
+
+
+class HumanLaw(Strict):
+    name: str
+    formula: str
+    source: str = Field(description="who published it, e.g. 'Hoffmann et al. 2022'")
+    constants: dict[str, ConstantSpec] = Field(
+        default_factory=dict, description="constants to fit, with init and bounds (empty: fixed constants only)"
+    )
+    published_constants: dict[str, float] = Field(
+        default_factory=dict, description="the paper's constants, scored as they are, without refitting"
+    )
+    fit: FitSettings = Field(default_factory=FitSettings)
+    published: PublishedScore = Field(default_factory=PublishedScore)
+
+    @model_validator(mode="after")
+    def _has_constants(self) -> "HumanLaw":
+        if not self.constants and not self.published_constants:
+            raise ValueError(f"human law {self.name!r} needs `constants` (to fit) or `published_constants` (fixed)")
+        return self
+
+
+class Source(Strict):
+    file: str = Field(description="upstream file name, as stored in the dataset's origin/ folder")
+    url: str = Field(description="pinned URL (a commit, never a branch)")
+    sha256: str
+    format: Literal["csv", "parquet"]
+    split: Literal["train", "test"] | None = Field(default=None, description="the split this file holds, if any")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex64(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return v
+
+
+class SplitSpec(Strict):
+    rule: str = Field(description="the rule behind the train/test split, in words")
+    validation_axis: str = Field(description="column along which validation is carved out of train (largest values)")
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    validation_rule: Literal["largest", "largest_per", "interleaved"] = Field(
+        default="largest",
+        description="largest: the largest-axis rows of each group (extrapolation, for scale splits); largest_per: "
+                    "for every value of `validation_per`, its rows at their largest axis value (for a test split "
+                    "that is a corner, such as the largest model at its largest budget); interleaved: every k-th "
+                    "row along the axis, from the largest (for splits that are not along a scale)")
+    validation_per: str | None = Field(
+        default=None, description="with rule largest_per: the column whose every value gives up its largest-axis "
+                                  "rows to validation (e.g. each model size its largest budget)")
+
+    @model_validator(mode="after")
+    def _per_with_its_rule(self) -> "SplitSpec":
+        if (self.validation_rule == "largest_per") != (self.validation_per is not None):
+            raise ValueError("validation_per goes with validation_rule = \"largest_per\" (and that rule needs it)")
+        return self
+
+    def columns(self) -> list[str]:
+        """Every column the validation rule reads."""
+        return [self.validation_axis] + ([self.validation_per] if self.validation_per else [])
+
+    def scale_columns(self) -> list[str]:
+        """The columns the test split extrapolates along, as far as validation imitates it."""
+        return [] if self.validation_rule == "interleaved" else self.columns()
+
+    def describe_validation(self) -> str:
+        """The validation rule in words, for prompts and reports."""
+        if self.validation_rule == "interleaved":
+            return (f"every {max(2, round(1 / self.validation_fraction))}th train row of each group along "
+                    f"`{self.validation_axis}`, from the largest (an interpolation split)")
+        if self.validation_rule == "largest_per":
+            return (f"for every `{self.validation_per}` value of each group, its rows at their largest "
+                    f"`{self.validation_axis}`, as the test split is the largest `{self.validation_per}` at its "
+                    f"largest `{self.validation_axis}`; each such block is scored against its own spread, as the "
+                    f"test split will be, and the validation R2 is the mean over blocks")
+        return f"the largest `{self.validation_axis}` train rows of each group (about {self.validation_fraction:.0%})"
+
+
+class Task(Strict):
+    name: str
+    title: str
+    description: str = ""
+    paper: str = Field(
+        description="short reference of the source paper, e.g. 'Hoffmann et al. 2022 (arXiv:2203.15556)'")
+    group_column: str | None = Field(default=None, description="rows sharing a value get their own constants")
+    targets: list[str] = Field(min_length=1)
+    variables: list[Variable] = Field(min_length=1)
+    constant_limit: int | None = Field(default=None, ge=1, description="max constants per target; none = no limit")
+    target_range: tuple[float, float] | None = Field(
+        default=None, description="[lower, upper] no target can leave by its definition (inf allowed), e.g. "
+                                  "[0, inf] for a loss; laws that predict outside it rank last")
+    split: SplitSpec
+    converter: str = Field(description="how the origin files become the tidy frame (see discovery/tasks/converters.py)")
+    sources: list[Source] = Field(min_length=1)
+    citation: str = Field(description="BibTeX entry (or entries) of the data's source paper(s)")
+    human_laws: list[HumanLaw] = Field(default_factory=list)
+    dropna: bool = Field(
+        default=False, description="drop rows with a missing variable/target (counted), instead of refusing")
+    sldbench: bool = Field(default=False, description="one of the eight SLDBench tasks (official split and metric)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Task":
+        symbols = [v.symbol for v in self.variables]
+        if self.target_range is not None and not self.target_range[0] < self.target_range[1]:
+            raise ValueError(f"target_range {list(self.target_range)} must have lower < upper")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError(f"variable symbols must be unique, got {symbols}")
+        for law in self.human_laws:
+            clash = set(law.constants) & set(symbols)
+            if clash:
+                raise ValueError(f"human law {law.name!r}: constants {sorted(clash)} clash with variable symbols")
+        return self
+
+    @property
+    def symbols(self) -> list[str]:
+        return [v.symbol for v in self.variables]
+
+    @property
+    def columns(self) -> list[str]:
+        return [v.column for v in self.variables]
+
+    def shape_priors(self) -> ShapePriors:
+        """The declared shape priors, by variable position (see discovery.laws.shape)."""
+        directions = tuple(Direction(i, v.symbol, -1 if v.monotone == "decreasing" else 1)
+                           for i, v in enumerate(self.variables) if v.monotone)
+        # the range is also followed along the scale axes; an interpolation split has none
+        scale = self.split.scale_columns()
+        axes = tuple((i, v.symbol) for i, v in enumerate(self.variables) if v.column in scale)
+        return ShapePriors(directions, self.target_range, axes)
+
+    def symbol_for_column(self) -> dict[str, str]:
+        return {v.column: v.symbol for v in self.variables}
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{path}: field `{where}`: {first['msg']}{extra}"
+
+
+def load_task_file(path: Path) -> Task:
+    """Read and validate one task TOML; errors name the file and the field."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TaskError(f"{path}: no such task file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        task = Task.model_validate(raw)
+    except ValidationError as exc:
+        raise TaskError(_describe(exc, path)) from None
+    if task.name != path.stem:
+        raise TaskError(f"{path}: field `name`: is {task.name!r}, expected the file name {path.stem!r}")
+    return task
+
+
+def task_dirs() -> list[Path]:
+    """Where task files are looked up: the curated folder, then KEPLER_TASKS_DIR (user tasks)."""
+    import os
+
+    dirs = [TASKS_DIR]
+    extra = os.environ.get("KEPLER_TASKS_DIR")
+    if extra:
+        dirs.insert(0, Path(extra))
+    return dirs
+
+
+def list_tasks() -> list[str]:
+    names: set[str] = set()
+    for d in task_dirs():
+        names.update(p.stem for p in d.glob("*.toml"))
+    return sorted(names)
+
+
+@lru_cache(maxsize=None)
+def _load_cached(path: str, mtime: float) -> Task:
+    return load_task_file(Path(path))
+
+
+def load_task(name: str) -> Task:
+    """Load a task by name (or by path to a .toml file)."""
+    p = Path(name)
+    if p.suffix == ".toml" and p.exists():
+        return _load_cached(str(p.resolve()), p.stat().st_mtime)
+    for d in task_dirs():
+        candidate = d / f"{name}.toml"
+        if candidate.exists():
+            return _load_cached(str(candidate), candidate.stat().st_mtime)
+    known = ", ".join(list_tasks())
+    raise TaskError(f"unknown task {name!r}; known tasks: {known}")

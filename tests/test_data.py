@@ -268,12 +268,15 @@ def _set_cell(lines: list[str], line_no: int, column: str, value: str) -> list[s
 
 
 def test_missing_data_file(tmp_path, monkeypatch):
+    """A data folder without the task falls back to the pinned origin; when that fails too, one message says both."""
     monkeypatch.setenv("KEPLER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KEPLER_ORIGIN_MIRROR", "http://127.0.0.1:9/nothing")  # discard port: refused
+    monkeypatch.setenv("KEPLER_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DataError) as info:
         load_frame(load_task(CHIN))
     msg = str(info.value)
-    assert str(tmp_path / CHIN / "data.csv") in msg
-    assert "KEPLER_DATA_DIR" in msg and "unset" in msg
+    assert str(tmp_path / CHIN / "data.csv") in msg and "KEPLER_DATA_DIR" in msg
+    assert "download of http://127.0.0.1:9/nothing/" in msg and "\n" not in msg  # the origin was tried
 
 
 def test_missing_column(tmp_path, datasets_dir, monkeypatch):
@@ -326,15 +329,11 @@ def test_empty_and_infinite_cells_after_a_blank_line(tmp_path, datasets_dir, mon
         load_frame(load_task(CHIN))
 
 
-def test_other_split_values_are_dropped_and_counted(tmp_path, datasets_dir, monkeypatch):
-    _write_chinchilla(tmp_path, datasets_dir,
-                      lambda ls: _set_cell(_set_cell(ls, 2, "split", "excluded"), 3, "loss", "x"))
+def test_unknown_split_labels_are_refused_with_file_column_and_line(tmp_path, datasets_dir, monkeypatch):
+    """A label that is neither train nor test (a typo such as `tset`) used to drop its row silently."""
+    path = _write_chinchilla(tmp_path, datasets_dir, lambda ls: _set_cell(ls, 4, "split", "tset"))
     monkeypatch.setenv("KEPLER_DATA_DIR", str(tmp_path / "data"))
-    with pytest.raises(DataError, match="line 3"):  # a bad cell in a kept row is still refused
+    with pytest.raises(DataError) as info:
         load_frame(load_task(CHIN))
-    data.clear_cache()
-    _write_chinchilla(tmp_path, datasets_dir,
-                      lambda ls: _set_cell(_set_cell(ls, 2, "split", "excluded"), 2, "loss", "x"))
-    frame = load_frame(load_task(CHIN))  # ...but not in a dropped row
-    assert frame.attrs["dropped_split_rows"] == {"excluded": 1}
-    assert len(frame) == 244
+    msg = str(info.value)
+    assert str(path) in msg and "'split'" in msg and "line 4" in msg and "'tset'" in msg and "drop_labels" in msg

@@ -6,17 +6,30 @@ law must follow (constant limit) and the human laws of the literature with their
 """
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from discovery.tasks.values import ConstantSpec, Direction, FitSettings, ShapePriors, Strict
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+CURATED_PACKAGE = "discovery.tasks.curated"  # the top-level tasks/ folder, mapped in pyproject.toml
+
+
+def curated_tasks_dir() -> Path:
+    """The curated task files, as installed with the package (importlib.resources)."""
+    try:
+        return Path(str(resources.files(CURATED_PACKAGE)))
+    except ModuleNotFoundError:  # a checkout used without installing it: the folder beside the code
+        return Path(__file__).resolve().parents[2] / "tasks"
+
+
+TASKS_DIR = curated_tasks_dir()
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 
 
@@ -55,9 +68,9 @@ class HumanLaw(Strict):
     constants: dict[str, ConstantSpec] = Field(
         default_factory=dict, description="constants to fit, with init and bounds (empty: fixed constants only)"
     )
-    published_constants: dict[str, float] = Field(
-        default_factory=dict, description="the paper's constants, scored as they are, without refitting"
-    )
+    published_constants: dict[str, float] | dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="the paper's constants, scored as they are, without refitting: one table "
+                                          "for every group, or one table per group name")
     fit: FitSettings = Field(default_factory=FitSettings)
     published: PublishedScore = Field(default_factory=PublishedScore)
 
@@ -66,6 +79,19 @@ class HumanLaw(Strict):
         if not self.constants and not self.published_constants:
             raise ValueError(f"human law {self.name!r} needs `constants` (to fit) or `published_constants` (fixed)")
         return self
+
+    @property
+    def published_per_group(self) -> bool:
+        return any(isinstance(v, dict) for v in self.published_constants.values())
+
+    def published_for(self, group: str) -> dict[str, float]:
+        """The published constants of one group (the same table for every group unless given per group)."""
+        if not self.published_per_group:
+            return dict(self.published_constants)
+        if group not in self.published_constants:
+            raise ValueError(f"human law {self.name!r}: no published constants for group {group!r}; "
+                             f"given for {', '.join(sorted(self.published_constants))}")
+        return dict(self.published_constants[group])
 
 
 class Source(Strict):
@@ -96,6 +122,13 @@ class SplitSpec(Strict):
     validation_per: str | None = Field(
         default=None, description="with rule largest_per: the column whose every value gives up its largest-axis "
                                   "rows to validation (e.g. each model size its largest budget)")
+    column: str = Field(default="split", description="the data column holding each row's split (train or test)")
+    test_when: str | None = Field(
+        default=None, description="instead of a split column: the rows that are test, as a comparison over columns "
+                                  "or symbols, e.g. \"N >= 1e9\" (read through an allow-list, never evaluated)")
+    drop_labels: list[str] = Field(
+        default_factory=list, description="split labels besides train and test whose rows are left out (counted); "
+                                          "any other label is an error")
 
     @model_validator(mode="after")
     def _per_with_its_rule(self) -> "SplitSpec":
@@ -138,16 +171,27 @@ class Task(Strict):
         default=None, description="[lower, upper] no target can leave by its definition (inf allowed), e.g. "
                                   "[0, inf] for a loss; laws that predict outside it rank last")
     split: SplitSpec
-    converter: str = Field(description="how the origin files become the tidy frame (see discovery/tasks/converters.py)")
-    sources: list[Source] = Field(min_length=1)
+    converter: str = Field(default="tidy_csv",
+                           description="how the origin files become the tidy frame (see discovery/tasks/converters.py)")
+    sources: list[Source] = Field(default_factory=list, description="pinned origin files; not needed with `data`")
+    data: str | None = Field(default=None, description="a local CSV, its path relative to this task file; its sha256 "
+                                                       "is recorded on first use and checked afterwards")
+    data_sha256: str | None = Field(default=None, description="the sha256 the local CSV must have")
     citation: str = Field(description="BibTeX entry (or entries) of the data's source paper(s)")
     human_laws: list[HumanLaw] = Field(default_factory=list)
     dropna: bool = Field(
         default=False, description="drop rows with a missing variable/target (counted), instead of refusing")
     sldbench: bool = Field(default=False, description="one of the eight SLDBench tasks (official split and metric)")
 
+    _path: Path | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _consistent(self) -> "Task":
+        if not self.sources and self.data is None:
+            raise ValueError("give the data: `data = \"file.csv\"` (a local CSV, relative to the task file) or "
+                             "[[sources]] (pinned origin files)")
+        if self.data_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.data_sha256):
+            raise ValueError("data_sha256 must be 64 lowercase hex digits")
         symbols = [v.symbol for v in self.variables]
         if self.target_range is not None and not self.target_range[0] < self.target_range[1]:
             raise ValueError(f"target_range {list(self.target_range)} must have lower < upper")
@@ -158,6 +202,25 @@ class Task(Strict):
             if clash:
                 raise ValueError(f"human law {law.name!r}: constants {sorted(clash)} clash with variable symbols")
         return self
+
+    @property
+    def path(self) -> Path | None:
+        """The task file this task was read from (None when built in memory)."""
+        return self._path
+
+    @property
+    def where(self) -> str:
+        """How to name this task in a message: its file, or its name."""
+        return str(self._path) if self._path is not None else f"task {self.name!r}"
+
+    def data_path(self) -> Path | None:
+        """The local CSV of `data`, resolved against the task file's folder."""
+        if self.data is None:
+            return None
+        p = Path(self.data).expanduser()
+        if not p.is_absolute() and self._path is not None:
+            p = self._path.parent / p
+        return p
 
     @property
     def symbols(self) -> list[str]:
@@ -189,37 +252,58 @@ def _describe(err: ValidationError, path: Path) -> str:
 
 def load_task_file(path: Path) -> Task:
     """Read and validate one task TOML; errors name the file and the field."""
+    path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TaskError(f"{path}: no such task file") from None
     except tomllib.TOMLDecodeError as exc:
         raise TaskError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"{path}: cannot be read: {exc}") from None
     try:
         task = Task.model_validate(raw)
     except ValidationError as exc:
         raise TaskError(_describe(exc, path)) from None
     if task.name != path.stem:
         raise TaskError(f"{path}: field `name`: is {task.name!r}, expected the file name {path.stem!r}")
+    task._path = path.resolve()
     return task
 
 
 def task_dirs() -> list[Path]:
-    """Where task files are looked up: the curated folder, then KEPLER_TASKS_DIR (user tasks)."""
-    import os
+    """Where task files are looked up, first match wins: every folder of KEPLER_TASKS_DIR (separated by
+    os.pathsep), then ./tasks of the working directory, then the curated tasks."""
+    dirs = [Path(d).expanduser() for d in os.environ.get("KEPLER_TASKS_DIR", "").split(os.pathsep) if d.strip()]
+    dirs += [Path("tasks"), curated_tasks_dir()]
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for d in dirs:
+        key = d.resolve()
+        if key not in seen and d.is_dir():
+            seen.add(key)
+            out.append(d)
+    return out
 
-    dirs = [TASKS_DIR]
-    extra = os.environ.get("KEPLER_TASKS_DIR")
-    if extra:
-        dirs.insert(0, Path(extra))
-    return dirs
+
+def task_files() -> dict[str, Path]:
+    """Every task name and the file it is read from (the first folder of `task_dirs` that has it)."""
+    found: dict[str, Path] = {}
+    for d in task_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def shadowed() -> list[tuple[Path, Path]]:
+    """(file used, file hidden by it) for every task name defined in more than one folder."""
+    used = task_files()
+    return [(used[p.stem], p) for d in task_dirs() for p in sorted(d.glob("*.toml"))
+            if used[p.stem].resolve() != p.resolve()]
 
 
 def list_tasks() -> list[str]:
-    names: set[str] = set()
-    for d in task_dirs():
-        names.update(p.stem for p in d.glob("*.toml"))
-    return sorted(names)
+    return sorted(task_files())
 
 
 @lru_cache(maxsize=None)
@@ -232,9 +316,8 @@ def load_task(name: str) -> Task:
     p = Path(name)
     if p.suffix == ".toml" and p.exists():
         return _load_cached(str(p.resolve()), p.stat().st_mtime)
-    for d in task_dirs():
-        candidate = d / f"{name}.toml"
-        if candidate.exists():
-            return _load_cached(str(candidate), candidate.stat().st_mtime)
+    candidate = task_files().get(name)
+    if candidate is not None:
+        return _load_cached(str(candidate.resolve()), candidate.stat().st_mtime)
     known = ", ".join(list_tasks())
     raise TaskError(f"unknown task {name!r}; known tasks: {known}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from discovery.laws.fit import FitOptions, LawFit, fit_law, fixed_law
-from discovery.laws.law import Law, parse_law
+from discovery.laws.law import Law, LawError, parse_law
 from discovery.tasks.data import load_frame
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.spec import HumanLaw, Task, load_task
@@ -44,8 +44,33 @@ class BenchRow:
         return asdict(self)
 
 
+def declared_constants(human: HumanLaw) -> set[str]:
+    """Every constant a human law names: the ones to fit and the published ones (of any group)."""
+    names = set(human.constants)
+    for key, value in human.published_constants.items():
+        names |= set(value) if isinstance(value, dict) else {key}
+    return names
+
+
 def parse_human_law(task: Task, human: HumanLaw) -> Law:
-    return parse_law(human.formula, task.symbols, column_hints=task.symbol_for_column())
+    """The human law through the parser, its constants as declared; an error names the task file and the law."""
+    try:
+        return parse_law(human.formula, task.symbols, constants=declared_constants(human),
+                         column_hints=task.symbol_for_column())
+    except LawError as exc:
+        raise LawError(f"{task.where}: human law {human.name!r}: {exc}") from None
+
+
+def human_law_for(task: Task, law: Law) -> tuple[dict | None, HumanLaw | None]:
+    """If `law` is one of the task's human laws: that law's constant specs (by the names `law` uses) and the law."""
+    for human in task.human_laws:
+        if not human.constants:
+            continue
+        ref = parse_human_law(task, human)
+        if ref.hash == law.hash:
+            by_canonical = {i: human.constants.get(rc.name) for i, rc in enumerate(ref.constants)}
+            return {c.name: by_canonical[i] for i, c in enumerate(law.constants) if by_canonical[i] is not None}, human
+    return None, None
 
 
 def human_fits(task: Task, data: Dataset, human: HumanLaw, seed: int = 0) -> list[tuple[str, LawFit]]:
@@ -56,7 +81,11 @@ def human_fits(task: Task, data: Dataset, human: HumanLaw, seed: int = 0) -> lis
         opts = FitOptions.from_settings(human.fit, seed=seed)
         out.append(("kepler_fit", fit_law(law, data, task.targets, human.constants, opts)))
     if human.published_constants:
-        out.append(("published_constants", fixed_law(law, data, task.targets, human.published_constants)))
+        try:
+            fixed = fixed_law(law, data, task.targets, human.published_for)
+        except ValueError as exc:
+            raise LawError(f"{task.where}: human law {human.name!r}: {exc}") from None
+        out.append(("published_constants", fixed))
     return out
 
 

@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -321,11 +321,17 @@ def fit_law(law: Law, data: Dataset, targets: list[str], specs: dict[str, Consta
     return LawFit(law, targets, fits, seconds=time.perf_counter() - t0)
 
 
-def fixed_law(law: Law, data: Dataset, targets: list[str], constants: dict[str, float]) -> LawFit:
-    """A law with published constants, the same for every group and target: nothing is fitted."""
-    missing = [c.name for c in law.constants if c.name not in constants]
-    if missing:
-        raise ValueError(f"published constants missing for {missing}")
-    theta = law.rename_constants(constants)
-    fits = {(g, t): GroupFit(theta.copy(), "fixed") for g in data.group_names for t in range(len(targets))}
+def fixed_law(law: Law, data: Dataset, targets: list[str],
+              constants: dict[str, float] | Callable[[str], dict[str, float]]) -> LawFit:
+    """A law with published constants: nothing is fitted. `constants` is one table for every group and target,
+    or a function giving a group's table (published constants per group)."""
+    fits = {}
+    for g in data.group_names:
+        table = constants(g) if callable(constants) else constants
+        missing = [c.name for c in law.constants if c.name not in table]
+        if missing:
+            raise ValueError(f"published constants missing for {missing}" + (f" (group {g!r})" if callable(constants)
+                                                                               else ""))
+        theta = law.rename_constants(table)
+        fits.update({(g, t): GroupFit(theta.copy(), "fixed") for t in range(len(targets))})
     return LawFit(law, targets, fits)

@@ -95,10 +95,12 @@ def _parse_tree(text: str) -> ast.Expression:
 class _Walker:
     """Turns an allow-listed AST into SymPy, collecting variable and constant names."""
 
-    def __init__(self, variables: dict[str, sp.Symbol], constants: set[str] | None, column_hints: dict[str, str]):
+    def __init__(self, variables: dict[str, sp.Symbol], constants: set[str] | None, column_hints: dict[str, str],
+                 check_typos: bool = True):
         self.variables = variables
         self.declared = constants
         self.column_hints = column_hints
+        self.check_typos = check_typos
         self.constants: dict[str, sp.Symbol] = {}
 
     def walk(self, node: ast.AST, depth: int = 0) -> sp.Expr | _Num:
@@ -127,17 +129,7 @@ class _Walker:
         name = node.id
         if name in self.variables:
             return self.variables[name]
-        if name in FUNCTIONS:
-            raise LawError(f"function {name!r} used without a call")
-        if name in self.column_hints:
-            raise LawError(f"unknown variable {name!r}: write it as {self.column_hints[name]!r}")
-        if name in ("e", "pi"):
-            raise LawError(f"{name!r} is reserved: write exp(x) for e**x, and give pi as a number")
-        if name.startswith("_") or name in RESERVED or keyword.iskeyword(name) or len(name) > MAX_CONSTANT_NAME:
-            raise LawError(f"name {name!r} is not allowed as a constant")
-        if self.declared is not None and name not in self.declared:
-            known = ", ".join(self.variables)
-            raise LawError(f"unknown variable {name!r}: variables are {known}; declare constants explicitly")
+        check_constant_name(name, list(self.variables), self.declared, self.column_hints, self.check_typos)
         return self.constants.setdefault(name, sp.Symbol(name, real=True))
 
     def _UnaryOp(self, node: ast.UnaryOp, depth: int):
@@ -212,6 +204,68 @@ class _Walker:
             raise LawError(f"{name}() takes {arity} argument(s), got {len(node.args)}")
         args = [self.walk(a, depth) for a in node.args]
         return fn(*[_sym(a) for a in args])
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """a and b differ by exactly one inserted, deleted or substituted character."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+def near_miss(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate `name` is probably a typo of: the same letters in another case, or one edit away
+    (for names of one letter, only the case counts: `a` is not a near miss of `N`)."""
+    for c in candidates:
+        if name.lower() == c.lower() or (max(len(name), len(c)) >= 2 and _one_edit(name, c)):
+            return c
+    return None
+
+
+def check_constant_name(name: str, variables: list[str], declared: set[str] | None, column_hints: dict[str, str],
+                        check_typos: bool = True) -> None:
+    """Decide whether an identifier that is not a variable may be a constant; otherwise a one-line LawError.
+
+    A constant is a declared name, or, when none are declared, any name that is neither reserved, nor a data
+    column (`column_hints`: column -> its variable symbol, or "" for a column that is no variable), nor a
+    near miss of a variable or of a variable's column (with `check_typos`; off when re-reading stored laws)."""
+    if name in FUNCTIONS:
+        raise LawError(f"function {name!r} used without a call")
+    if column_hints.get(name):
+        raise LawError(f"unknown variable {name!r}: write it as {column_hints[name]!r}")
+    if name in column_hints:
+        raise LawError(f"`{name}` is a data column but not a variable of this task (variables: {', '.join(variables)})")
+    if name in ("e", "pi"):
+        raise LawError(f"{name!r} is reserved: write exp(x) for e**x, and give pi as a number")
+    if name.startswith("_") or name in RESERVED or keyword.iskeyword(name) or len(name) > MAX_CONSTANT_NAME:
+        raise LawError(f"name {name!r} is not allowed as a constant (reserved: Python keywords, names starting "
+                       f"with _, longer than {MAX_CONSTANT_NAME} characters, function names, "
+                       f"{', '.join(sorted(RESERVED - set(FUNCTIONS) - ROW_AGGREGATES))}); rename it")
+    if declared is not None:
+        if name not in declared:
+            guess = near_miss(name, variables)
+            hint = f"; did you mean `{guess}`?" if guess else "; declare constants explicitly"
+            raise LawError(f"unknown variable {name!r}: variables are {', '.join(variables)}{hint}")
+        return
+    if not check_typos:
+        return
+    guess = near_miss(name, variables)
+    if guess is None:
+        by_column = {c: s for c, s in column_hints.items() if s}
+        column = near_miss(name, by_column)
+        if column is not None:
+            raise LawError(f"`{name}` is not a variable of this task; did you mean `{by_column[column]}` "
+                           f"(column {column})?")
+        other = near_miss(name, [c for c, s in column_hints.items() if not s])
+        if other is not None:
+            raise LawError(f"`{name}` is not a variable of this task; it looks like data column `{other}`, which is "
+                           f"not a variable (variables: {', '.join(variables)})")
+        return
+    raise LawError(f"`{name}` is not a variable of this task; did you mean `{guess}`? (to fit a constant of that "
+                   "name, declare it)")
 
 
 def _sym(x) -> sp.Expr:
@@ -351,17 +405,20 @@ def parse_law(
     constants: Iterable[str] | None = None,
     max_constants: int | None = None,
     column_hints: dict[str, str] | None = None,
+    check_typos: bool = True,
 ) -> Law:
     """Parse untrusted formula text over the given variable symbols.
 
     `constants`: if given, the only names allowed besides variables (an LLM declares them);
-    otherwise every other identifier is a constant. `column_hints` maps data column names to
-    symbols so a formula written with column names gets a helpful refusal.
+    otherwise every other identifier is a constant unless it looks like a typo of a variable (see
+    `check_constant_name`). `column_hints` maps data column names to symbols ("" for a column that is
+    not a variable) so a formula written with column names gets a helpful refusal. `check_typos=False`
+    re-reads a law that was accepted before (stored in a run, exported).
     """
     _check_text(text)
     tree = _parse_tree(text)
     var_syms = {v: sp.Symbol(v, real=True) for v in variables}
-    walker = _Walker(var_syms, set(constants) if constants is not None else None, column_hints or {})
+    walker = _Walker(var_syms, set(constants) if constants is not None else None, column_hints or {}, check_typos)
     result = walker.walk(tree)
     if isinstance(result, _Num) or not (result.free_symbols & set(var_syms.values())):
         raise LawError("formula uses no variable; it must depend on at least one of " + ", ".join(variables))

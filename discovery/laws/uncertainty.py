@@ -129,7 +129,7 @@ def _resample_seed(seed: int, b: int) -> np.random.SeedSequence:
 
 def _run(job: _Job) -> dict[Key, np.ndarray]:
     """Refit the resamples `job.resamples` from the point estimate; returns {key: (len, k)}."""
-    law = parse_law(job.formula, job.symbols)
+    law = parse_law(job.formula, job.symbols, check_typos=False)
     k = len(law.constants)
     out = {key: np.full((len(job.resamples), k), np.nan) for key in job.pools}
     for i, b in enumerate(job.resamples):

@@ -118,6 +118,18 @@ def run_meta(db: sqlite3.Connection) -> dict:
     return {r["key"]: json.loads(r["value"]) for r in db.execute("SELECT key, value FROM meta")}
 
 
+def run_task(run_dir: Path, meta: dict, name: str) -> Task:
+    """The task a run was made on: its task file when the run names one (kept in the run directory for a task
+    inferred from a CSV, found there if the run was moved), else the installed task of that name."""
+    ref = str((meta.get("settings") or {}).get("task") or name)
+    path = Path(ref)
+    if path.suffix == ".toml":
+        for candidate in (path, Path(run_dir) / path.name):
+            if candidate.is_file():
+                return load_task(str(candidate))
+    return load_task(name)
+
+
 def record_from_run(run_dir: Path, candidate: int | None = None, protocol: Protocol | None = None) -> LawRecord:
     """The best law of a finished run (or candidate `candidate`), with constants fitted on all of train."""
     run_dir = Path(run_dir)
@@ -138,8 +150,8 @@ def record_from_run(run_dir: Path, candidate: int | None = None, protocol: Proto
         recipe = fit_row["recipe"] if fit_row is not None and "recipe" in fit_row.keys() else None
     finally:
         db.close()
-    task = load_task(best["task"])
-    law = parse_law(row["formula"], task.symbols)
+    task = run_task(run_dir, meta, best["task"])
+    law = parse_law(row["formula"], task.symbols, check_typos=False)
     seed = int(meta.get("seed", best.get("seed", 0)))
     opts = final_options(seed, recipe)
     specs = _specs(row["constant_specs"])

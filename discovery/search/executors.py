@@ -75,7 +75,7 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
     Each recipe (see fit.RECIPES) is tried; a fit that keeps the task's shape priors beats one that breaks
     them, then the lowest validation NMSE wins. Log recipes are skipped when a target is not positive.
     """
-    law = parse_law(job.formula, data.symbols)
+    law = parse_law(job.formula, data.symbols, check_typos=False)
     positive = bool((data.fit_part.Y > 0).all())
     best: FitOutcome | None = None
     seconds = 0.0

@@ -14,7 +14,7 @@ import numpy as np
 from discovery.laws.fit import FitOptions
 from discovery.laws.law import parse_law
 from discovery.outputs.record import LawRecord, RunError, kepler_version
-from discovery.tasks.spec import load_task
+from discovery.tasks.spec import Task, TaskError, load_task
 from discovery.tasks.values import ConstantSpec
 
 FORMAT = "kepler-law/1"
@@ -56,6 +56,7 @@ def to_dict(record: LawRecord) -> dict:
         "format": FORMAT,
         "kepler_version": kepler_version(),
         "task": task.name,
+        "task_file": str(task.path) if task.path is not None else None,
         "title": task.title,
         "formula": law.text,
         "canonical": law.canonical,
@@ -105,10 +106,21 @@ def _spec(raw: dict) -> ConstantSpec:
     return ConstantSpec(init=raw["init"], bounds=(-math.inf if lo is None else lo, math.inf if hi is None else hi))
 
 
+def task_of(data: dict) -> "Task":
+    """The law's task: installed under its name, or the task file the law recorded (a task of your own)."""
+    try:
+        return load_task(data["task"])
+    except TaskError:
+        path = data.get("task_file")
+        if path and Path(path).is_file():
+            return load_task(path)
+        raise
+
+
 def record_from_json(data: dict, source: str = "law.json") -> LawRecord:
     """Rebuild the record: the task by name, the law through the parser, the constants exactly."""
-    task = load_task(data["task"])
-    law = parse_law(data["formula"], task.symbols)
+    task = task_of(data)
+    law = parse_law(data["formula"], task.symbols, check_typos=False)
     if law.hash != data["hash"]:
         raise RunError(f"{source}: the formula parses to law {law.hash}, not {data['hash']} as recorded")
     if law.constant_names != list(data["constant_names"]):
@@ -136,7 +148,7 @@ def record_from_json(data: dict, source: str = "law.json") -> LawRecord:
 
 def source_mismatches(data: dict) -> list[str]:
     """Data sources whose sha256 differs between the law file and the task as installed now."""
-    task = load_task(data["task"])
+    task = task_of(data)
     now = {s.file: s.sha256 for s in task.sources}
     recorded = (data.get("data") or {}).get("sources", [])
     return [s["file"] for s in recorded if now.get(s["file"]) != s["sha256"]]

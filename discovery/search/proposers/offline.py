@@ -26,7 +26,7 @@ from itertools import count
 import numpy as np
 import sympy as sp
 
-from discovery.laws.law import LawError, parse_law
+from discovery.laws.law import LawError, near_miss, parse_law
 from discovery.search.proposers.base import Candidate, Proposal, ProposalContext, Proposer, Survivor
 from discovery.tasks.spec import Task
 from discovery.tasks.values import ConstantSpec
@@ -201,7 +201,7 @@ class OfflineProposer(Proposer):
     # --- survivors back into genomes -----------------------------------------------------
     def genome_from_survivor(self, s: Survivor) -> Genome | None:
         try:
-            law = parse_law(s.formula, self.task.symbols)
+            law = parse_law(s.formula, self.task.symbols, check_typos=False)
         except LawError:
             return None
         subs = {}
@@ -306,7 +306,8 @@ class OfflineProposer(Proposer):
 
     # --- rendering -----------------------------------------------------------------------
     def render(self, g: Genome) -> tuple[str, dict[str, ConstantSpec]] | None:
-        """Genome -> formula text. Constants get readable names that never clash with a variable symbol."""
+        """Genome -> formula text. Constants get readable names that never clash with a variable symbol, nor
+        look like a typo of one (`R1` beside a variable `r1`; see discovery.laws.law.near_miss)."""
         expr = g.expr(self.offset_symbol)
         specs = {**g.specs, OFFSET: g.specs.get(OFFSET, AMPLITUDE)}
         text = sp.srepr(expr)
@@ -323,7 +324,7 @@ class OfflineProposer(Proposer):
             while True:
                 new = role if (role == "E" and k == 0) else f"{role}{k}"
                 k += 1
-                if new not in taken:
+                if new not in taken and near_miss(new, self.task.symbols) is None:  # never read as a typo
                     break
             counters[role] = k
             taken.add(new)
@@ -379,7 +380,7 @@ class OfflineProposer(Proposer):
                 continue
             text, specs = rendered
             try:
-                law = parse_law(text, self.task.symbols, max_constants=self.task.constant_limit)
+                law = parse_law(text, self.task.symbols, constants=list(specs), max_constants=self.task.constant_limit)
             except LawError:
                 continue
             if law.hash in seen:

@@ -21,6 +21,18 @@ def datasets_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def _cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("kepler-cache")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch, _cache_dir):
+    """Kepler's cache folder (downloads, the index of runs written with --out) is the session's own, not ~/.cache."""
+    if not os.environ.get("KEPLER_CACHE_DIR"):
+        monkeypatch.setenv("KEPLER_CACHE_DIR", str(_cache_dir))
+
+
 @pytest.fixture(autouse=True)
 def _mirrored_data(monkeypatch, datasets_dir):
     """Tests read the local mirror unless a test points KEPLER_DATA_DIR elsewhere (this machine has no

@@ -35,6 +35,7 @@ from discovery.search.proposers.base import (
     Rejection,
     Survivor,
 )
+from discovery.search.runs import remember
 from discovery.search.store import Store
 from discovery.search.summaries import data_summary, residual_summary
 from discovery.tasks.data import load_frame
@@ -100,10 +101,48 @@ def load_settings_file(path: Path, **overrides) -> CampaignSettings:
         raise ValueError(f"{path}: field `{'.'.join(map(str, first['loc']))}`: {first['msg']}") from None
 
 
+# Settings a resumed run may change: budgets (raised only) and where the fits run (results do not depend on it).
+RAISABLE = ("generations", "time_limit", "max_llm_calls", "max_tokens", "max_cost_usd")
+PLACEMENT = ("executor", "workers", "scheduler", "replay_only")
+
+
+def resumed_settings(stored: CampaignSettings, overrides: dict, run_dir: Path,
+                     completed: int) -> tuple[CampaignSettings, list[str]]:
+    """The stored settings with the given ones applied, and what changed; refuses any other change."""
+    update, changes = {}, []
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "out":
+            if Path(value).resolve() != Path(run_dir).resolve():
+                raise ValueError(f"--out {value} is not the run being resumed ({run_dir}); leave --out out")
+            continue
+        old = getattr(stored, key)
+        if value == old:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key in PLACEMENT:
+            update[key] = value
+        elif key in RAISABLE:
+            if old is None:
+                raise ValueError(f"{flag} {value}: the run has no {key.replace('_', ' ')} limit to raise")
+            if value < old:
+                raise ValueError(f"{flag} {value} is below the run's {old}: a resumed run's budgets can only be raised")
+            if key == "generations" and value < completed:
+                raise ValueError(f"{flag} {value}: the run already completed {completed} generations")
+            update[key] = value
+        else:
+            raise ValueError(f"{flag} {value!r} differs from the run's {old!r}; a resumed run keeps its settings "
+                             "(only budgets can be raised, and where fits run changed): start a new run to change it")
+        changes.append(f"{key} {old} -> {value}")
+    return stored.model_copy(update=update), changes
+
+
 @dataclass
 class Progress:
     generation: int = 0
     generations: int = 0
+    completed: int = 0  # generations done
     evaluated: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -111,6 +150,8 @@ class Progress:
     best_formula: str = ""
     started: float = field(default_factory=time.monotonic)
     llm: dict = field(default_factory=dict)
+    llm_event: str = ""  # the last LLM error or retry, as it happened
+    warnings: list[str] = field(default_factory=list)
     status: str = "running"
 
     @property
@@ -156,6 +197,8 @@ class Campaign:
         self.run_dir = Path(run_dir or settings.out or RESULTS_DIR / self.task.name /
                             f"{settings.proposer}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.store = Store(self.run_dir / "campaign.sqlite")
+        if settings.out or run_dir:
+            remember(self.run_dir)  # so `kepler runs` lists it wherever it was written
         self.protocol = Protocol(self.task, load_frame(self.task))
         self.proposer = proposer or make_proposer(settings, self.task)
         self.on_progress = on_progress or (lambda p: None)
@@ -173,15 +216,69 @@ class Campaign:
         self.progress = Progress(generations=settings.generations)
         self._summary = data_summary(self.task, self.protocol)
         self._elapsed_before = 0.0
+        self.changes: list[str] = []
+        self.warnings: list[str] = []
+        llm = getattr(self.proposer, "llm", self.proposer)
+        if hasattr(llm, "listener"):
+            llm.listener = self._llm_event
+
+    def _llm_event(self, line: str) -> None:
+        self.progress.llm_event = line
+        self.on_progress(self.progress)
+
+    def _llm_silence(self, gen: int) -> str | None:
+        """Why the LLM counts as not answering: it was called before generation `gen` and never answered."""
+        if self.settings.proposer == "offline":
+            return None
+        usage = self.store.llm_usage(before_generation=gen)
+        if usage["calls"] == 0 or usage["failed"] < usage["calls"]:
+            return None
+        errors = self.store.llm_errors(before_generation=gen)
+        return (f"the LLM never answered: {usage['calls']} call(s) failed ({errors[0][0] if errors else 'no message'})"
+                f"; check --base-url, --model and the server")
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            self.progress.warnings = list(self.warnings)
+            self.store.event("warning", message)
 
     @classmethod
-    def resume(cls, run_dir: Path, **kwargs) -> "Campaign":
-        store = Store(Path(run_dir) / "campaign.sqlite")
+    def resume(cls, run_dir: Path, overrides: dict | None = None, **kwargs) -> "Campaign":
+        """Continue a run. `overrides` (settings given again) may raise its budgets, which extends a finished run,
+        and change where fits run; any other changed setting is refused with a one-line ValueError."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "campaign.sqlite").is_file():
+            raise ValueError(f"{run_dir}: not a Kepler run directory (no campaign.sqlite)")
+        store = Store(run_dir / "campaign.sqlite")
         meta = store.meta()
+        last = store.last_generation()
         store.close()
         if "settings" not in meta:
             raise ValueError(f"{run_dir}: not a Kepler run (no settings in campaign.sqlite)")
-        return cls(CampaignSettings.model_validate(meta["settings"]), run_dir=Path(run_dir), **kwargs)
+        stored = CampaignSettings.model_validate(meta["settings"])
+        completed = 0 if last is None else int(last["generation"]) + 1
+        settings, changes = resumed_settings(stored, overrides or {}, run_dir, completed)
+        task_file = Path(settings.task)
+        if task_file.suffix == ".toml" and not task_file.exists() and (run_dir / task_file.name).exists():
+            settings = settings.model_copy(update={"task": str(run_dir / task_file.name)})  # the run dir moved
+        campaign = cls(settings, run_dir=run_dir, **kwargs)
+        if changes:
+            campaign._extend(changes, completed)
+        campaign.changes = changes
+        return campaign
+
+    def _extend(self, changes: list[str], completed: int) -> None:
+        """Take the raised budgets: a finished run goes on from its last generation, and reports again at the end."""
+        meta = self.store.meta()
+        self.store.set_meta(settings=self.settings.model_dump())
+        self.store.event("resume", "settings changed: " + "; ".join(changes))
+        if meta.get("status") == "finished":
+            best = self.run_dir / "best.json"
+            if best.exists():  # kept for reference; the extended run writes a new best.json when it ends
+                best.replace(self.run_dir / f"best.after-{completed}-generations.json")
+            self.store.db.execute("DELETE FROM final")
+            self.store.set_meta(status="running")
 
     # --- evaluation ------------------------------------------------------------------------
     def _member_from_row(self, row) -> Member | None:
@@ -202,7 +299,7 @@ class Campaign:
         if isinstance(item, Rejection):
             return {"kind": "write", "common": common, "info": {}, "status": "rejected", "reason": item.reason}
         try:
-            declared = list(item.constants) if item.constants and item.proposer != "offline" else None
+            declared = list(item.constants) if item.constants else None
             law = parse_law(item.formula, self.task.symbols, constants=declared,
                             max_constants=self.task.constant_limit, column_hints=self.task.symbol_for_column())
         except LawError as exc:
@@ -311,7 +408,7 @@ class Campaign:
     def _residuals(self, best: Member) -> str:
         """Where the best law errs on train, from its stored fit-part constants (no refit)."""
         row = self.store.candidate(best.id)
-        law = parse_law(row["formula"], self.task.symbols)
+        law = parse_law(row["formula"], self.task.symbols, check_typos=False)
         return residual_summary(self.task, law, self._search_fit(row, law), self.protocol.train)
 
     def _search_fit(self, row, law: Law) -> LawFit:
@@ -358,6 +455,7 @@ class Campaign:
         elif meta.get("status") == "finished":
             return json.loads((self.run_dir / "best.json").read_text())
         start = self._restore()
+        self.progress.completed = start
         _ = self.executor  # start worker processes now, before any proposer thread exists
         if start > 0 and hasattr(self.proposer, "add_previous_usage"):
             # budgets span the whole run; the generation being resumed is re-proposed (from the cache) and counts then
@@ -373,6 +471,13 @@ class Campaign:
                     stop_reason = "budget: time limit"
                     break
                 self.progress.generation = gen
+                silence = self._llm_silence(gen)
+                if silence and s.proposer == "llm":
+                    stop_reason = f"llm: {silence}"
+                    break
+                if silence and hasattr(self.proposer, "offline_only") and not self.proposer.offline_only:
+                    self.proposer.offline_only = True
+                    self._warn(f"{silence}; from generation {gen + 1} on this run is offline only")
                 try:
                     proposals = self.proposer.propose(self._contexts(gen))
                 except BudgetExhausted as exc:
@@ -413,6 +518,7 @@ class Campaign:
         best = self.population.best()
         best_r2 = self.store.candidate(best.id)["val_r2"] if best else None
         self.store.complete_generation(gen, self.population.snapshot(), best.id if best else None, best_r2)
+        self.progress.completed = gen + 1
         self.on_progress(self.progress)
 
     # --- the final report -------------------------------------------------------------------------
@@ -421,9 +527,11 @@ class Campaign:
         self.progress.status = "final report"
         self.on_progress(self.progress)
         everyone = list(self.members.values())
+        llm = self._llm_summary()
         if not everyone:
             self.store.set_meta(status="finished", stop_reason=stop_reason)
-            result = {"task": self.task.name, "status": "no law evaluated", "stop_reason": stop_reason}
+            result = {"task": self.task.name, "status": "no law evaluated", "stop_reason": stop_reason, "llm": llm,
+                      "warnings": self.warnings}
             (self.run_dir / "best.json").write_text(json.dumps(result, indent=2))
             return result
         best = min(everyone, key=lambda m: m.rank)
@@ -438,7 +546,7 @@ class Campaign:
         reports = []
         for m in sorted(front, key=lambda m: m.complexity):
             row = self.store.candidate(m.id)
-            law = parse_law(row["formula"], self.task.symbols)
+            law = parse_law(row["formula"], self.task.symbols, check_typos=False)
             fit = fit_law(law, self.protocol.train, self.task.targets, _specs_from_json(row["constant_specs"]),
                           recipe_options(final_opts, row["recipe"] or "linear"), warm=self._search_fit(row, law))
             t = score(test.Y, fit.predict(test))
@@ -447,7 +555,6 @@ class Campaign:
             reports.append(self._law_report(row, law, fit, t))
         human = self._human_report(test)
         best_report = next(r for r in reports if r["id"] == best.id)
-        usage = self.store.llm_usage()
         meta = self.store.meta()
         result = {
             "task": self.task.name,
@@ -462,8 +569,8 @@ class Campaign:
             "duplicates_skipped": self.progress.duplicates,
             "generations_completed": (self.store.last_generation() or {"generation": -1})["generation"] + 1,
             "wall_seconds": round(float(meta.get("search_seconds", 0.0)), 2),
-            "llm": {"calls": usage["calls"], "cached": usage["cached"], "prompt_tokens": usage["prompt_tokens"],
-                    "completion_tokens": usage["completion_tokens"], "cost_usd": round(usage["cost_usd"], 6)},
+            "llm": llm,
+            "warnings": self.warnings,
             "how": (f"Candidates were fitted on the fit part of train and selected on the validation slice "
                     f"({self.task.split.describe_validation()}); the Pareto front was refit on all of train "
                     f"(starting from the validated constants) and scored once on test."),
@@ -476,6 +583,17 @@ class Campaign:
         self.progress.status = "finished"
         self.on_progress(self.progress)
         return result
+
+    def _llm_summary(self) -> dict:
+        """LLM usage of the whole run, with its failures and retries; warns when a mixed run never heard back."""
+        usage = self.store.llm_usage()
+        if (self.settings.proposer == "mixed" and usage["calls"] and usage["failed"] == usage["calls"]
+                and not any("never answered" in w for w in self.warnings)):
+            self._warn(f"the LLM never answered ({usage['calls']} call(s) failed): this run is offline only")
+        return {"calls": usage["calls"], "cached": usage["cached"], "failed": usage["failed"],
+                "retries": usage["retries"], "errors": dict(self.store.llm_errors()[:5]),
+                "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+                "cost_usd": round(usage["cost_usd"], 6)}
 
     def _law_report(self, row, law: Law, fit: LawFit, test: Scores) -> dict:
         groups = sorted({g for g, _ in fit.fits})

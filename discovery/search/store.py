@@ -187,8 +187,18 @@ class Store:
         r = self.db.execute(
             "SELECT COUNT(*) AS calls, COALESCE(SUM(prompt_tokens),0) AS prompt_tokens, "
             "COALESCE(SUM(completion_tokens),0) AS completion_tokens, COALESCE(SUM(cost_usd),0) AS cost_usd, "
-            f"COALESCE(SUM(cached),0) AS cached FROM llm_calls {where}").fetchone()
+            "COALESCE(SUM(cached),0) AS cached, COALESCE(SUM(status != 'ok'),0) AS failed, "
+            "COALESCE(SUM((LENGTH(attempts) - LENGTH(REPLACE(attempts, 'retrying', ''))) / 8),0) AS retries "
+            f"FROM llm_calls {where}").fetchone()
         return dict(r)
+
+    def llm_errors(self, before_generation: int | None = None) -> list[tuple[str, int]]:
+        """(error, how many calls ended with it), most frequent first."""
+        where = "" if before_generation is None else f"AND generation < {int(before_generation)}"
+        rows = self.db.execute(
+            "SELECT status || ': ' || COALESCE(NULLIF(error, ''), 'no message') AS e, COUNT(*) AS n FROM llm_calls "
+            f"WHERE status != 'ok' {where} GROUP BY e ORDER BY n DESC, e").fetchall()
+        return [(r["e"], int(r["n"])) for r in rows]
 
     # --- generations ---------------------------------------------------------------------
     def complete_generation(self, generation: int, islands: list[list[int]], best_id: int | None,

@@ -44,6 +44,13 @@ from discovery.tasks.spec import list_tasks, load_task
 PER_RUN = ("task", "seed", "proposer", "out", "executor", "workers", "scheduler")
 
 
+def _is_sldbench(name: str) -> bool:
+    try:
+        return load_task(name).sldbench
+    except ValueError:  # a broken task file of the user's: not an SLDBench task
+        return False
+
+
 def parse_tasks(value: str | list[str]) -> list[str]:
     """`all`, `sldbench` (the SLDBench tasks), `a,b,c`, or a list of names."""
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
@@ -52,7 +59,7 @@ def parse_tasks(value: str | list[str]) -> list[str]:
         if item == "all":
             names = list_tasks()
         elif item == "sldbench":
-            names = [n for n in list_tasks() if load_task(n).sldbench]
+            names = [n for n in list_tasks() if _is_sldbench(n)]
         else:
             names = [load_task(item).name]  # a clear error for an unknown task
         out.extend(n for n in names if n not in out)

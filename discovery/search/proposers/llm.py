@@ -217,6 +217,7 @@ class LLMProposer(Proposer):
         self._format_confirmed = structured != "auto"  # auto: no call has succeeded yet at self._format
         self._probe_lock = threading.Lock()
         self.format_fallbacks: list[str] = []  # one line per remembered step down, for logs and tests
+        self.listener: Any = None  # called with one line per failed attempt (retried or final), as it happens
         if self.cache_dir is not None and not replay_only:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -588,14 +589,23 @@ class LLMProposer(Proposer):
             took = time.perf_counter() - t0
             if not retryable or attempt == self.max_retries:
                 attempts.append(f"error:{kind} after {took:.2f}s: {error}")
+                self._tell(f"LLM call failed ({kind}): {error}")
                 break
             delay = self._backoff(attempt, rng, retry_after)
             attempts.append(f"error:{kind} after {took:.2f}s: {error}; retrying in {delay:.2f}s")
+            self._tell(f"LLM {kind}: {error}; retrying in {delay:.1f}s")
             time.sleep(delay)
             attempt += 1
         return LLMCall(request_hash=job.hash, model=self.model, prompt_tokens=0, completion_tokens=0,
                        latency_s=time.perf_counter() - start, cost_usd=0.0, cached=False, status=f"error:{kind}",
                        attempts=attempts, seed=job.seed, error=error, response_format=level)
+
+    def _tell(self, line: str) -> None:
+        if self.listener is not None:
+            try:
+                self.listener(line)
+            except Exception:  # a display problem must not fail the call
+                log.exception("LLM listener failed")
 
     def _run(self, job: _Job) -> LLMCall:
         try:

@@ -1,4 +1,5 @@
-"""Mixed proposing: an LLM and the offline grammar feed one population."""
+"""Mixed proposing: an LLM and the offline grammar feed one population (the grammar alone, once the LLM
+is known not to answer)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -12,8 +13,11 @@ class MixedProposer(Proposer):
     def __init__(self, llm: Proposer, offline: Proposer):
         self.llm = llm
         self.offline = offline
+        self.offline_only = False  # set by the campaign when the LLM has never answered: all slots go offline
 
     def propose(self, contexts: list[ProposalContext]) -> list[Proposal]:
+        if self.offline_only:
+            return self.offline.propose(contexts)
         llm_ctx = [replace(c, n=max(1, c.n // 2)) for c in contexts]
         off_ctx = [replace(c, n=c.n - max(1, c.n // 2)) for c in contexts]
         from_llm = self.llm.propose(llm_ctx)

@@ -84,3 +84,17 @@ def test_discover_piped_to_a_log_prints_a_readable_table(tmp_path):
     assert any(line.strip().startswith("parallel_scaling_law: discovered vs human") for line in lines), out.stdout
     row = next(line for line in lines if "human:" in line)
     assert all(num(human["test"][k]) in row for k in ("r2", "nmse", "nmae")), out.stdout
+
+
+def test_runs_lists_runs_written_with_out_and_refuses_a_missing_dir(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "elsewhere" / "exp1"
+    assert main(["discover", "parallel_scaling_law", "--generations", "1", "--islands", "1", "--population", "4",
+                 "--children", "4", "--executor", "serial", "--out", str(run)]) == 0
+    monkeypatch.chdir(tmp_path)  # no results/ here: the run is found through the index of --out runs
+    capsys.readouterr()
+    assert main(["runs", "--json"]) == 0
+    assert str(run.resolve()) in {str(Path(r["run_dir"]).resolve()) for r in json.loads(capsys.readouterr().out)}
+    assert main(["runs", str(run), "--json"]) == 0  # a run directory given directly
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == ["finished"]
+    assert main(["runs", "--dir", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory" in capsys.readouterr().err

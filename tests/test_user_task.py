@@ -58,6 +58,13 @@ format = "csv"
     result = json.loads(out)
     assert result["test"]["r2"] > 0.99 and math.isfinite(result["validation"]["r2"])
     assert set(result["constants"]) == {"a", "b"}
+    # the data folder's copy is the task's one tidy_csv source: its pinned sha256 is checked there too
+    from discovery.tasks import data
+
+    (data_dir / "data.csv").write_text((data_dir / "data.csv").read_text().replace("train", "test", 1))
+    data.clear_cache()
+    assert main(["fit", "my_task", "E + A*(N/1e9)**(-a)"]) == 2
+    assert "differs from the pinned" in " ".join(capsys.readouterr().err.split())
 
 
 def test_wrong_field_names_file_field_and_expectation(tmp_path, monkeypatch, capsys):

@@ -19,10 +19,21 @@ err_console = make_console(stderr=True)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kepler", description="Discover scaling laws from experimental data.")
+    parser.add_argument("--version", action="version", version=f"kepler {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for commands in (tasks, fit, bench, discover, papers, sweep):
         commands.add_commands(sub)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (kepler-laws)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("kepler-laws")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,26 +8,46 @@ from pathlib import Path
 from rich.table import Table
 
 from discovery.cli.console import make_console, num
+from discovery.cli.owndata import add_options as add_owndata_options
+from discovery.cli.tasks import report_broken
 from discovery.tasks.spec import list_tasks
 
 console = make_console()
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from evaluators.benchmark import run_bench, write_results
+def _bench_each(names: list[str], seed: int, progress) -> tuple[list, int]:
+    """Bench task by task: a task that cannot be benched is reported on its own line, the others still are."""
+    from evaluators.benchmark import run_bench
 
-    names = args.tasks or list_tasks()
+    rows, broken = [], 0
+    for name in names:
+        try:
+            rows.extend(run_bench([name], seed=seed, progress=progress))
+        except ValueError as exc:  # TaskError, DataError, LawError of this task
+            report_broken(name, exc)
+            broken += 1
+    return rows, broken
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evaluators.benchmark import write_results
+
+    names = list(args.tasks or ([] if args.csv else list_tasks()))
+    if args.csv:
+        from discovery.cli.owndata import task_from_csv
+
+        names.append(task_from_csv(args, Path(args.out)))
     if args.json:
-        rows = run_bench(names, seed=args.seed)
+        rows, broken = _bench_each(names, args.seed, None)
     else:
         with console.status("benchmarking human laws") as status:
-            rows = run_bench(names, seed=args.seed, progress=lambda m: status.update(f"bench: {m}"))
+            rows, broken = _bench_each(names, args.seed, lambda m: status.update(f"bench: {m}"))
     paths = write_results(rows, Path(args.out))
     if args.runs:
-        return bench_with_runs(args, rows, paths)
+        return bench_with_runs(args, rows, paths) or (1 if broken else 0)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
-        return 0
+        return 1 if broken else 0
     table = Table(title="Human laws on the test split (fitted on train by Kepler, or the paper's constants)")
     for col in ("task", "law", "constants", "R² test", "NMSE", "NMAE", "published R²", "fit s"):
         table.add_column(col, overflow="fold")
@@ -35,8 +55,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_row(r.task, r.law, r.variant, num(r.r2, 3), num(r.nmse), num(r.nmae),
                       num(r.published_r2, 3), num(r.fit_seconds, 2))
     console.print(table)
+    if not rows:
+        console.print("no human law to bench: add [[human_laws]] to the task file")
     console.print(f"written: {', '.join(str(p) for p in paths)}")
-    return 0
+    return 1 if broken else 0
 
 
 def bench_with_runs(args: argparse.Namespace, rows: list, paths: list[Path]) -> int:
@@ -68,4 +90,5 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--runs", metavar="DIR", help="add the best discovered law of every finished run under DIR")
     p.add_argument("--json", action="store_true")
+    add_owndata_options(p)
     p.set_defaults(func=cmd_bench)

@@ -5,10 +5,14 @@ import argparse
 import json
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from discovery.cli.console import make_console, num, showing
+from discovery.cli.owndata import add_options as add_owndata_options
 from discovery.laws.shape import SHAPE_KEPT
+
+RESULTS_DIR = Path("results")
 
 console = make_console()
 
@@ -21,11 +25,27 @@ def _progress_panel(p) -> Table:
     t.add_row("rejected", str(p.rejected), "duplicates skipped", str(p.duplicates))
     t.add_row("best validation R²", num(p.best_val_r2), "elapsed", f"{elapsed:.0f}s")
     llm = p.llm or {}
-    t.add_row("LLM calls", f"{llm.get('calls', 0)} ({llm.get('cached', 0)} cached)",
+    t.add_row("LLM calls", f"{llm.get('calls', 0)} ({llm.get('cached', 0)} cached, {llm.get('failed', 0)} failed, "
+              f"{llm.get('retries', 0)} retries)",
               "tokens / cost", f"{llm.get('prompt_tokens', 0) + llm.get('completion_tokens', 0)} / "
               f"${llm.get('cost_usd', 0.0):.4f}")
+    if p.llm_event:
+        t.add_row("LLM last error", p.llm_event[:160], "", "")
+    for warning in p.warnings:
+        t.add_row("warning", warning[:400], "", "")
     t.add_row("best law", p.best_formula[:100], "", "")
     return t
+
+
+def _llm_lines(result: dict) -> list[str]:
+    """The run's LLM calls in one line, its errors, and its warnings."""
+    llm = result.get("llm") or {}
+    lines = []
+    if llm.get("calls"):
+        lines.append(f"LLM: {llm['calls']} calls ({llm.get('cached', 0)} cached), {llm.get('failed', 0)} failed, "
+                     f"{llm.get('retries', 0)} retries, ${llm.get('cost_usd', 0.0):.4f}")
+        lines += [f"  LLM error x{n}: {e}" for e, n in (llm.get("errors") or {}).items()]
+    return lines + [f"[yellow]warning:[/] {escape(w)}" for w in result.get("warnings") or []]
 
 
 def _final_table(result: dict) -> Table:
@@ -61,13 +81,24 @@ def cmd_discover(args: argparse.Namespace) -> int:
     live = Live(console=console, refresh_per_second=4, transient=False)
     update = lambda p: live.update(_progress_panel(p))  # noqa: E731
     if args.resume:
-        campaign = Campaign.resume(Path(args.resume), on_progress=update)
+        if args.task or args.config or args.csv:
+            raise ValueError("--resume continues a run with its own task and settings; give no task, --config or --csv")
+        campaign = Campaign.resume(Path(args.resume), overrides=overrides, on_progress=update)
+        for change in campaign.changes:
+            console.print(f"resumed with {change}")
     else:
+        if args.csv:
+            from discovery.cli.owndata import task_from_csv, task_name
+
+            if args.task or args.config:
+                raise ValueError("give either a task, --config or --csv")
+            out = Path(args.out) if args.out else RESULTS_DIR / task_name(args) / _run_name(args)
+            args.task, overrides["out"] = task_from_csv(args, out), str(out)
         if args.config:
             settings = load_settings_file(Path(args.config), task=args.task, **overrides)
         else:
             if not args.task:
-                raise ValueError("give a task (see `kepler tasks`), a --config file, or --resume DIR")
+                raise ValueError("give a task (see `kepler tasks`), --csv FILE, a --config file, or --resume DIR")
             settings = CampaignSettings(task=args.task, **{k: v for k, v in overrides.items() if v is not None})
         campaign = Campaign(settings, on_progress=update)
     console.print(f"run directory: {campaign.run_dir}")
@@ -80,22 +111,39 @@ def cmd_discover(args: argparse.Namespace) -> int:
                       f"  kepler discover --resume {campaign.run_dir}")
         return 130
     if "best" not in result:
-        console.print(f"[red]{result.get('status')}[/] ({result.get('stop_reason')})")
+        console.print(f"[red]{result.get('status')}[/]: stopped by {escape(str(result.get('stop_reason')))}",
+                      soft_wrap=True)
+        for line in _llm_lines(result):
+            console.print(line, soft_wrap=True)
         return 1
     console.print(_final_table(result))
+    for line in _llm_lines(result):
+        console.print(line, soft_wrap=True)
     console.print(f"stopped by {result['stop_reason']}; {result['candidates_evaluated']} candidates evaluated in "
                   f"{result['wall_seconds']}s; best.json in {campaign.run_dir}")
     return 0
 
 
-def cmd_runs(args: argparse.Namespace) -> int:
-    from discovery.search.runs import find_runs
+def _run_name(args: argparse.Namespace) -> str:
+    import time
 
-    runs = find_runs(Path(args.dir))
+    return f"{args.proposer or 'offline'}-seed{args.seed or 0}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from discovery.search.runs import find_runs, remembered
+
+    given = [*args.dirs, *([args.dir] if args.dir else [])]
+    for d in given:
+        if not Path(d).is_dir():
+            raise ValueError(f"{d}: no such directory")
+    roots = [Path(d) for d in given] or [*([RESULTS_DIR] if RESULTS_DIR.is_dir() else []), *remembered()]
+    runs = find_runs(*roots)
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
-    table = Table(title=f"Runs under {args.dir}")
+    where = ", ".join(map(str, given)) if given else f"{RESULTS_DIR}/ and the runs written with --out"
+    table = Table(title=f"Runs under {where}")
     for col in ("run", "task", "proposer", "seed", "status", "evaluated", "best R² validation", "best R² test"):
         table.add_column(col, overflow="fold")
     for r in runs:
@@ -131,9 +179,12 @@ def add_commands(sub) -> None:
     p.add_argument("--workers", type=int, help="worker processes (local) or LocalCluster workers (dask)")
     p.add_argument("--scheduler", help="an existing Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--out", help="run directory (default results/<task>/<proposer>-seed<N>-<time>)")
+    add_owndata_options(p)
     p.set_defaults(func=cmd_discover)
 
-    p = sub.add_parser("runs", help="list campaign runs")
-    p.add_argument("--dir", default="results")
+    p = sub.add_parser("runs", help="list campaign runs (results/ and every run written with --out)")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="folders to search, or run directories (default: results/ "
+                   "and the runs written with --out)")
+    p.add_argument("--dir", help="a folder to search (same as giving DIR)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)

@@ -9,41 +9,40 @@ from pathlib import Path
 from rich.table import Table
 
 from discovery.cli.console import make_console, num
+from discovery.cli.owndata import add_options as add_owndata_options
 from discovery.tasks.spec import load_task
 
 console = make_console()
 err_console = make_console(stderr=True)
 
 
-def _specs_for_formula(task, law):
-    """If the typed formula is one of the task's human laws, reuse its constants' inits and bounds."""
-    from evaluators.benchmark import parse_human_law
-
-    for human in task.human_laws:
-        if not human.constants:
-            continue
-        ref = parse_human_law(task, human)
-        if ref.hash == law.hash:
-            by_canonical = {rc_i: human.constants.get(rc.name) for rc_i, rc in enumerate(ref.constants)}
-            return {c.name: by_canonical[i] for i, c in enumerate(law.constants) if by_canonical[i] is not None}, human
-    return None, None
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     from discovery.laws.fit import FitOptions, fit_law
     from discovery.laws.law import parse_law
     from discovery.tasks.data import load_frame
+    from evaluators.benchmark import human_law_for
     from evaluators.metrics import score
     from evaluators.protocol import Protocol
 
     if getattr(args, "from_json", None):
         return fit_from_json(args)
+    if getattr(args, "csv", None):
+        from discovery.cli.owndata import task_from_csv, task_name
+
+        if args.formula is None:  # `kepler fit --csv runs.csv ... FORMULA`: the one positional is the formula
+            args.task, args.formula = None, args.task
+        if args.formula is None:
+            raise ValueError("give the formula to fit")
+        args.task = task_from_csv(args, Path("results") / task_name(args))
     if not args.task or not args.formula:
         raise ValueError("give a task and a formula, or --from law.json")
     task = load_task(args.task)
-    law = parse_law(args.formula, task.symbols, max_constants=task.constant_limit,
-                    column_hints=task.symbol_for_column())
-    specs, human = _specs_for_formula(task, law)
+    frame = load_frame(task)
+    declared = [c.strip() for c in args.constants.split(",") if c.strip()] if args.constants else None
+    hints = {**{str(c): "" for c in frame.columns if c not in ("group", "split")}, **task.symbol_for_column()}
+    law = parse_law(args.formula, task.symbols, constants=declared, max_constants=task.constant_limit,
+                    column_hints=hints)
+    specs, human = human_law_for(task, law)
     settings = human.fit if human else None
     opts = FitOptions(seed=args.seed, n_starts=args.starts)
     if settings is not None:
@@ -51,7 +50,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.loss:
         opts = FitOptions(**{**opts.__dict__, "loss": args.loss, "f_scale": args.f_scale,
                              "log_residuals": args.log_residuals})
-    protocol = Protocol(task, load_frame(task))
+    protocol = Protocol(task, frame)
     val_fit = fit_law(law, protocol.fit_part, task.targets, specs, opts)
     val_scores = protocol.validation_score(val_fit.predict(protocol.validation))
     full_fit = fit_law(law, protocol.train, task.targets, specs, opts)
@@ -61,7 +60,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     groups = protocol.train.group_names
     result = {
         "task": task.name, "formula": law.text, "canonical": law.canonical, "hash": law.hash,
-        "complexity": law.complexity,
+        "complexity": law.complexity, "constant_names": sorted(law.constant_names),
         "constants": {f"{g}/{task.targets[t]}" if len(task.targets) > 1 else g: full_fit.constants(g, t)
                       for g in groups for t in range(len(task.targets))},
         "failures": full_fit.failures,
@@ -73,6 +72,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=float))
         return 0
     console.print(f"[bold]{task.name}[/]: {law.text}   (canonical {law.canonical}, {len(law.constants)} constants)")
+    console.print(f"variables: {', '.join(task.symbols)}; treated as constants (fitted per group): "
+                  f"{', '.join(sorted(law.constant_names))}")
     if human:
         console.print(f"Recognised as human law [italic]{human.name}[/]: "
                       "using its initial values, bounds and fit settings.")
@@ -99,13 +100,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _write_predictions(path: Path, record, splits: dict) -> None:
+    """Every row of every split: its inputs (the task's columns), observed and predicted targets, and its split."""
+    task = record.task
     with Path(path).open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["split", "row", "group", *[f"pred_{t}" for t in record.targets]])
+        w.writerow(["split", "row", "group", *task.columns, *[f"observed_{t}" for t in record.targets],
+                    *[f"pred_{t}" for t in record.targets]])
         for name, data in splits.items():
             pred = record.predict(data)
             for i in range(len(data)):
-                w.writerow([name, int(data.rows[i]), data.groups[i], *[repr(float(v)) for v in pred[i]]])
+                w.writerow([name, int(data.rows[i]), data.groups[i], *[repr(float(v)) for v in data.X[i]],
+                            *[repr(float(v)) for v in data.Y[i]], *[repr(float(v)) for v in pred[i]]])
 
 
 def fit_from_json(args: argparse.Namespace) -> int:
@@ -168,6 +173,8 @@ def add_commands(sub) -> None:
     p.add_argument("--from", dest="from_json", metavar="LAW_JSON", help="score a `kepler export` law.json as saved")
     p.add_argument("--refit", action="store_true", help="with --from: refit the formula instead of using its constants")
     p.add_argument("--predictions", metavar="CSV", help="with --from: write every row's prediction to this file")
+    p.add_argument("--constants", metavar="NAMES", help="the formula's constants, comma-separated (default: every "
+                   "name that is not a variable, unless it looks like a typo of one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--starts", type=int, default=128, help="quasi-random starts screened per fit")
     p.add_argument("--loss", choices=["linear", "huber", "soft_l1", "cauchy"])
@@ -175,4 +182,5 @@ def add_commands(sub) -> None:
     p.add_argument("--log-residuals", action="store_true")
     p.add_argument("--max-groups", type=int, default=20)
     p.add_argument("--json", action="store_true")
+    add_owndata_options(p)
     p.set_defaults(func=cmd_fit)

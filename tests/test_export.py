@@ -82,9 +82,17 @@ def test_json_round_trip_through_fit_from_reproduces_predictions_exactly(record,
     test = _test_rows(record)
     expected = {int(r): p for r, p in zip(test.rows, record.predict(test)[:, 0], strict=True)}
     with preds.open() as fh:
-        got = {int(row["row"]): float(row["pred_loss"]) for row in csv.DictReader(fh) if row["split"] == "test"}
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["split", "row", "group", *record.task.columns, "observed_loss", "pred_loss"]
+    got = {int(row["row"]): float(row["pred_loss"]) for row in rows if row["split"] == "test"}
     assert got.keys() == expected.keys()
     assert all(got[r] == expected[r] for r in got)  # exactly, not approximately
+    observed = {int(r): y for r, y in zip(test.rows, test.Y[:, 0], strict=True)}
+    inputs = {int(r): x for r, x in zip(test.rows, test.X, strict=True)}
+    for row in rows:
+        if row["split"] == "test":
+            assert float(row["observed_loss"]) == observed[int(row["row"])]
+            assert [float(row[c]) for c in record.task.columns] == list(inputs[int(row["row"])])
 
 
 def test_fit_from_refit_fits_the_same_formula_again(record, tmp_path, capsys):
@@ -141,6 +149,23 @@ def test_python_module_in_a_fresh_interpreter_matches_kepler(record, tmp_path):
     assert np.max(np.abs(got - want) / np.abs(want)) <= 1e-12
 
 
+def test_python_module_reads_columns_by_name_and_refuses_missing_ones(record, tmp_path):
+    import pandas as pd
+
+    law = _load(export(record, ["python"], tmp_path)[0])
+    test = _test_rows(record)
+    task = record.task
+    frame = pd.DataFrame({c: test.X[:, j] for j, c in enumerate(task.columns)})
+    frame[task.group_column] = test.groups
+    want = record.predict(test)[:, 0]
+    assert np.array_equal(law.predict(frame), want)
+    assert np.array_equal(law.predict(frame[frame.columns[::-1]]), want)  # reordered columns: same numbers
+    by_symbol = {s: test.X[:, j] for j, s in enumerate(task.symbols)}
+    assert np.array_equal(law.predict(by_symbol, test.groups), want)  # a dict, keyed by the symbols
+    with pytest.raises(KeyError, match=task.columns[1]):
+        law.predict(frame.drop(columns=[task.columns[1]]))
+
+
 def _multi_target_record():
     """observational_ruan2024: three targets, one group: a human law fitted on train, outside any run."""
     task = load_task("observational_ruan2024")
@@ -171,24 +196,12 @@ def _load(program: Path):
     return prog
 
 
-def _sldbench_r2(program: Path, train, test, reuse: bool = True) -> float:
-    """SLDBench's protocol: fit_scaling_law per group on train, scaling_law_func on that group's test rows,
-    predictions of all groups concatenated; per target NMSE = MSE / Var(y_test); R2 = 1 - mean NMSE."""
-    prog = _load(program)
-    prog.REUSE_KEPLER_FIT = reuse
-    preds, trues = [], []
-    for g in sorted(set(train.groups.tolist())):
-        tr, te = train.groups == g, test.groups == g
-        y = train.Y[tr] if train.Y.shape[1] > 1 else train.Y[tr, 0]
-        params = prog.fit_scaling_law(train.X[tr], y)
-        p = np.asarray(prog.scaling_law_func(test.X[te], params), dtype=float)
-        preds.append(p.reshape(te.sum(), -1))
-        trues.append(test.Y[te])
-    pred, true = np.concatenate(preds), np.concatenate(trues)
-    if not np.all(np.isfinite(pred)):
-        return -1.0
-    nmse = np.mean((true - pred) ** 2, axis=0) / np.var(true, axis=0)
-    return float(1.0 - np.mean(nmse))
+def _sldbench_r2(program: Path, train, test) -> float:
+    """SLDBench's protocol (evaluators.sldbench): fit_scaling_law per group on train, scaling_law_func on that
+    group's test rows, predictions of all groups concatenated; R2 = 1 - mean NMSE."""
+    from evaluators.sldbench import load_program, run_protocol
+
+    return run_protocol(load_program(program), train, test)["r2"]
 
 
 def _imported_roots(source: str) -> set[str]:
@@ -202,32 +215,28 @@ def _imported_roots(source: str) -> set[str]:
     return roots
 
 
-def test_sldbench_program_scores_what_kepler_reports(record, tmp_path):
+def test_sldbench_program_fits_for_real_and_agrees_with_kepler(record, tmp_path):
+    """The program fits every group's train rows itself (Kepler's algorithm, from Kepler's constants): no stored
+    result is looked up, and under SLDBench's protocol its test R2 is Kepler's within 0.01."""
     program = export(record, ["sldbench"], tmp_path)[0]
     assert program.name == "sldbench_parallel_scaling_law.py"  # SLDBench's evaluator finds the task by name
     source = program.read_text()
     assert "def scaling_law_func(data_points, params)" in source
     assert "def fit_scaling_law(data_points, loss_values)" in source
-    assert _imported_roots(source) <= {"numpy", "scipy", "functools", "hashlib"}  # numpy, scipy, stdlib
+    assert _imported_roots(source) <= {"numpy", "scipy", "functools", "warnings"}  # numpy, scipy, stdlib
+    assert "REUSE" not in source and "sha256" not in source and "fingerprint" not in source
     protocol = record.extra["protocol"]
     r2 = _sldbench_r2(program, protocol.train, _test_rows(record))
-    assert abs(r2 - record.metrics["test"]["r2"]) <= 1e-9
-    # the program's own fitter (no replay of Kepler's constants) also runs under the protocol
-    own = _sldbench_r2(program, protocol.train, _test_rows(record), reuse=False)
-    assert -1.0 <= own <= 1.0 and own != -1.0
-
-
-def test_sldbench_fingerprint_is_the_same_in_kepler_and_in_the_program(record, tmp_path):
-    from discovery.outputs.export.sldbench import fingerprint
-
-    prog = _load(export(record, ["sldbench"], tmp_path)[0])
-    train = record.extra["protocol"].train
-    for g in record.groups:
-        m = train.groups == g
-        X, y = train.X[m], train.Y[m, 0]
-        assert prog.fingerprint(X, y) == fingerprint(X, y) == prog.fingerprint(X[::-1], y[::-1])
-        assert prog.KEPLER_FITS[prog.fingerprint(X, y)] == g
-        assert prog.fingerprint(X[1:], y[1:]) not in prog.KEPLER_FITS  # other data: a real fit
+    assert abs(r2 - record.metrics["test"]["r2"]) <= 0.01, (r2, record.metrics["test"]["r2"])
+    # the rows decide: on other rows the constants move, and a group's fit does not depend on which group it is
+    prog = _load(program)
+    train = protocol.train
+    g = record.groups[0]
+    m = train.groups == g
+    fitted = prog.fit_scaling_law(train.X[m], train.Y[m, 0])
+    assert np.allclose(fitted, record.constants[(g, 0)], rtol=1e-3, atol=1e-6)
+    half = prog.fit_scaling_law(train.X[m][::2], train.Y[m, 0][::2])
+    assert np.all(np.isfinite(half)) and not np.allclose(half, fitted, rtol=1e-6, atol=0)
 
 
 def test_sldbench_program_with_several_targets_and_new_data(tmp_path):
@@ -235,8 +244,7 @@ def test_sldbench_program_with_several_targets_and_new_data(tmp_path):
     program = export(rec, ["sldbench"], tmp_path)[0]
     protocol = rec.extra["protocol"]
     test = _test_rows(rec)
-    assert abs(_sldbench_r2(program, protocol.train, test) - rec.metrics["test"]["r2"]) <= 1e-9
-    # on data Kepler never fitted (a subsample of train), the program still fits: a real least-squares fit
+    assert abs(_sldbench_r2(program, protocol.train, test) - rec.metrics["test"]["r2"]) <= 0.01
     prog = _load(program)
     keep = np.arange(len(protocol.train)) % 2 == 0
     params = prog.fit_scaling_law(protocol.train.X[keep], protocol.train.Y[keep])

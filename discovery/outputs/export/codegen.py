@@ -44,6 +44,14 @@ def _imports(fn, source: str) -> list[str]:
     return lines
 
 
+def expressions_source(args: list[sp.Symbol], exprs, name: str) -> tuple[str, list[str]]:
+    """(def-source named `name`, import lines) of a function of `args` returning `exprs` (one or a list)."""
+    fn = sp.lambdify(args, exprs, modules="numpy", cse=True)
+    source = textwrap.dedent(inspect.getsource(fn))
+    source = source.replace("def _lambdifygenerated(", f"def {name}(", 1)
+    return source.rstrip() + "\n", _imports(fn, source)
+
+
 def function_source(law: Law, name: str, jacobian: bool = False) -> tuple[str, list[str]]:
     """(def-source named `name`, import lines) of the law's prediction (or Jacobian) function.
 

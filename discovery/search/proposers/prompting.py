@@ -11,12 +11,24 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from discovery.search.proposers.base import ProposalContext, Rejection, Survivor
 from discovery.tasks.spec import Task
 
-PROMPTS_DIR = Path(__file__).resolve().parents[3] / "prompts"
+PROMPTS_PACKAGE = "discovery.search.proposers.prompts"  # the top-level prompts/ folder, mapped in pyproject.toml
+
+
+def prompts_dir() -> Path:
+    """The prompt templates, as installed with the package (importlib.resources)."""
+    try:
+        return Path(str(resources.files(PROMPTS_PACKAGE)))
+    except ModuleNotFoundError:  # a checkout used without installing it: the folder beside the code
+        return Path(__file__).resolve().parents[3] / "prompts"
+
+
+PROMPTS_DIR = prompts_dir()
 SYSTEM_TEMPLATE = "llm_system.md"
 USER_TEMPLATE = "llm_user.md"
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")

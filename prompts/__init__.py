@@ -1,0 +1,1 @@
+"""The LLM prompt templates, shipped in the package as `discovery.search.proposers.prompts` (see pyproject.toml)."""

@@ -1,0 +1,1 @@
+"""The curated task files, shipped in the package as `discovery.tasks.curated` (see pyproject.toml)."""

@@ -61,6 +61,28 @@ def parse_human_law(task: Task, human: HumanLaw) -> Law:
         raise LawError(f"{task.where}: human law {human.name!r}: {exc}") from None
 
 
+def parse_formula(task: Task, text: str, constants: list[str] | None = None,
+                  column_hints: dict[str, str] | None = None) -> Law:
+    """A user's formula for `task` (kepler fit, kepler.fit). A name that looks like a typo of a variable is
+    refused, unless the formula is one of the task's human laws, whose file declares its constants (the
+    Muennighoff law's `RN` and `RD` beside the variables N and D)."""
+    hints = column_hints if column_hints is not None else task.symbol_for_column()
+    try:
+        return parse_law(text, task.symbols, constants=constants, max_constants=task.constant_limit,
+                         column_hints=hints)
+    except LawError as refused:
+        if constants is not None:
+            raise
+        try:
+            law = parse_law(text, task.symbols, max_constants=task.constant_limit, column_hints=hints,
+                            check_typos=False)
+        except LawError:
+            raise refused from None
+        if any(parse_human_law(task, h).hash == law.hash for h in task.human_laws):
+            return law
+        raise refused from None
+
+
 def human_law_for(task: Task, law: Law) -> tuple[dict | None, HumanLaw | None]:
     """If `law` is one of the task's human laws: that law's constant specs (by the names `law` uses) and the law."""
     for human in task.human_laws:

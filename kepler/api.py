@@ -10,13 +10,12 @@ from typing import Any, Callable
 import pandas as pd
 
 from discovery.laws.fit import FitOptions, fit_law
-from discovery.laws.law import parse_law
 from discovery.outputs.record import RunError, record_from_law
 from discovery.search.campaign import RESULTS_DIR, Campaign, CampaignSettings, Progress
 from discovery.tasks.data import load_frame
 from discovery.tasks.inferred import TableSpec, task_from_table
 from discovery.tasks.spec import Task, load_task
-from evaluators.benchmark import human_law_for
+from evaluators.benchmark import human_law_for, parse_formula
 from evaluators.protocol import Protocol
 from kepler.result import Law, Result
 
@@ -104,7 +103,7 @@ def fit(task_or_dataframe: TaskLike, formula: str, *, constants: list[str] | Non
         task = load_task(str(task_or_dataframe))
         frame = load_frame(task)
     hints = {**{str(c): "" for c in frame.columns if c not in ("group", "split")}, **task.symbol_for_column()}
-    law = parse_law(formula, task.symbols, constants=constants, max_constants=task.constant_limit, column_hints=hints)
+    law = parse_formula(task, formula, constants, hints)
     specs, human = human_law_for(task, law)
     opts = FitOptions.from_settings(human.fit, seed=seed, n_starts=starts) if human else \
         FitOptions(seed=seed, n_starts=starts)

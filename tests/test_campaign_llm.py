@@ -28,7 +28,7 @@ def _json(*formulas: str, constants: dict | None = None) -> str:
 
 SCRIPT = [
     # generation 0: prose around JSON; two bad candidates (unknown variable, too many constants), one hostile
-    reply("Sure! Here are my ideas:\n" + _json(GOOD_1, "A*params**(-a) + E", "a + b + c + d + g + f*N",
+    reply("Sure! Here are my ideas:\n" + _json(GOOD_1, "A*params**(-a) + E", "a + b + c + k + g + f*N",
                                                "__import__('os').system('x')") + "\nHope this helps."),
     # generation 1: a 429, then a fenced reply
     status(429, retry_after="0"),
@@ -78,7 +78,7 @@ def test_llm_campaign_survives_ugly_replies_and_replays_without_the_service(tmp_
     for good in (GOOD_1, GOOD_2, GOOD_3):
         assert by_formula[good][0] == "evaluated", by_formula[good]
     assert "unknown variable 'params'" in by_formula["A*params**(-a) + E"][1]
-    assert "at most 5" in by_formula["a + b + c + d + g + f*N"][1]
+    assert "at most 5" in by_formula["a + b + c + k + g + f*N"][1]
     assert by_formula["__import__('os').system('x')"][0] == "rejected"
     assert any("not valid JSON" in (r or "") for _, _, s, r in rows if s == "rejected")
     assert result["best"]["formula"] in (GOOD_1, GOOD_2, GOOD_3)

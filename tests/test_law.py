@@ -226,6 +226,19 @@ def test_kepler_fit_names_the_typo_and_prints_the_constants_it_fitted(capsys):
     assert "treated as constants (fitted per group): A, B, E, alpha, beta" in capsys.readouterr().out
 
 
+def test_a_human_law_whose_file_declares_a_near_miss_is_still_recognised():
+    """Muennighoff's law names constants RN and RD beside the variables N and D: pasted into `kepler fit`, it is
+    the task's human law (its file declares them); the same names in another formula are typos."""
+    from discovery.tasks.spec import load_task
+    from evaluators.benchmark import parse_formula
+
+    task = load_task("data_constrained_scaling_law")
+    human = task.human_laws[0]
+    assert set(parse_formula(task, human.formula).constant_names) == set(human.constants)
+    with pytest.raises(LawError, match="`RN` is not a variable of this task; did you mean `N`"):
+        parse_formula(task, "E + RN*N**(-a)")
+
+
 def test_the_offline_grammar_never_writes_a_near_miss_on_any_curated_task():
     """The grammar's constant names (A0, a1, R2, E, ...) are read back without a declaration wherever a law is
     re-read or pasted into `kepler fit`: on no curated task may one look like a typo of a variable."""

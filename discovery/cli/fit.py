@@ -18,9 +18,8 @@ err_console = make_console(stderr=True)
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from discovery.laws.fit import FitOptions, fit_law
-    from discovery.laws.law import parse_law
     from discovery.tasks.data import load_frame
-    from evaluators.benchmark import human_law_for
+    from evaluators.benchmark import human_law_for, parse_formula
     from evaluators.metrics import score
     from evaluators.protocol import Protocol
 
@@ -40,8 +39,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     frame = load_frame(task)
     declared = [c.strip() for c in args.constants.split(",") if c.strip()] if args.constants else None
     hints = {**{str(c): "" for c in frame.columns if c not in ("group", "split")}, **task.symbol_for_column()}
-    law = parse_law(args.formula, task.symbols, constants=declared, max_constants=task.constant_limit,
-                    column_hints=hints)
+    law = parse_formula(task, args.formula, declared, hints)
     specs, human = human_law_for(task, law)
     settings = human.fit if human else None
     opts = FitOptions(seed=args.seed, n_starts=args.starts)

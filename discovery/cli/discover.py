@@ -34,6 +34,8 @@ def _progress_panel(p) -> Table:
     for warning in p.warnings:
         t.add_row("warning", warning[:400], "", "")
     t.add_row("best law", p.best_formula[:100], "", "")
+    if p.clock:
+        t.add_row("[yellow]clock[/]", f"[yellow]{p.clock}[/]", "", "")
     return t
 
 
@@ -49,7 +51,8 @@ def _llm_lines(result: dict) -> list[str]:
 
 
 def _final_table(result: dict) -> Table:
-    table = Table(title=f"{result['task']}: discovered vs human. {result.get('how', '')}")
+    clock = f" [yellow]{result['clock']}.[/]" if result.get("clock") else ""
+    table = Table(title=f"{result['task']}: discovered vs human. {result.get('how', '')}{clock}")
     columns = ["law", "formula", "constants", "complexity", "R² validation", "R² test", "NMSE test", "NMAE test"]
     with_shape = any(r.get("shape") for r in [*result["pareto_front"], *result["human"]])
     for col in columns + (["shape priors"] if with_shape else []):
@@ -111,8 +114,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
                       f"  kepler discover --resume {campaign.run_dir}")
         return 130
     if "best" not in result:
-        console.print(f"[red]{result.get('status')}[/]: stopped by {escape(str(result.get('stop_reason')))}",
-                      soft_wrap=True)
+        console.print(f"[red]{result.get('status')}[/]: stopped by {escape(str(result.get('stop_reason')))}"
+                      + (f" [yellow]{result['clock']}[/]" if result.get("clock") else ""), soft_wrap=True)
         for line in _llm_lines(result):
             console.print(line, soft_wrap=True)
         return 1
@@ -121,6 +124,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
         console.print(line, soft_wrap=True)
     console.print(f"stopped by {result['stop_reason']}; {result['candidates_evaluated']} candidates evaluated in "
                   f"{result['wall_seconds']}s; best.json in {campaign.run_dir}")
+    if result.get("clock"):
+        console.print(f"[yellow]{result['clock']}[/]")
     return 0
 
 
@@ -170,7 +175,9 @@ def add_commands(sub) -> None:
     p.add_argument("--max-llm-calls", type=int, dest="max_llm_calls")
     p.add_argument("--max-tokens", type=int, dest="max_tokens", help="total LLM tokens budget")
     p.add_argument("--max-cost-usd", type=float, dest="max_cost_usd")
-    p.add_argument("--time-limit", type=float, dest="time_limit", help="seconds of search")
+    p.add_argument("--time-limit", type=float, dest="time_limit",
+                   help="seconds of search (default none: the generations budget decides; a limit that binds makes "
+                   "the result depend on machine speed, and the run says so)")
     p.add_argument("--llm-cache-dir", dest="llm_cache_dir")
     p.add_argument("--replay", action="store_true", help="LLM replies from the cache only; no network")
     p.add_argument("--structured", choices=["auto", "schema", "json", "off"],

@@ -68,6 +68,7 @@ class GroupFit:
     objective: float = math.inf  # least_squares cost: 0.5 * sum(rho(residual^2)) on the fit rows
     nfev: int = 0
     dropped_rows: list[int] = field(default_factory=list)
+    clock: bool = False  # a time limit stopped this fit before its evaluation budget: it depends on machine speed
 
     @property
     def ok(self) -> bool:
@@ -86,6 +87,11 @@ class LawFit:
     @property
     def ok(self) -> bool:
         return bool(self.fits) and all(f.ok for f in self.fits.values())
+
+    @property
+    def stopped_by_clock(self) -> int:
+        """How many group fits a time limit cut short (0 when every fit ran to its evaluation budget)."""
+        return sum(f.clock for f in self.fits.values())
 
     @property
     def failures(self) -> list[str]:
@@ -204,9 +210,10 @@ def _screen(law: Law, X: np.ndarray, y: np.ndarray, starts: np.ndarray, lo: np.n
 
 
 def _refine(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-            opts: FitOptions, deadline: float) -> tuple[np.ndarray, float, int]:
+            opts: FitOptions, deadline: float) -> tuple[np.ndarray, float, int, bool]:
     best = {"x": x0.copy(), "cost": math.inf}
     counter = {"nfev": 0}
+    clock = False
 
     def fun(theta: np.ndarray) -> np.ndarray:
         if time.monotonic() > deadline:
@@ -233,8 +240,8 @@ def _refine(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.ndarr
                       x_scale="jac", max_nfev=opts.max_nfev, method="trf", ftol=opts.tol, xtol=opts.tol,
                       gtol=opts.tol)
     except _Deadline:
-        pass
-    return best["x"], best["cost"], counter["nfev"]
+        clock = True
+    return best["x"], best["cost"], counter["nfev"], clock
 
 
 def fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantSpec] | None,
@@ -263,7 +270,8 @@ def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, Constant
         if opts.log_residuals and np.any(y <= 0):
             return GroupFit(np.full(len(law.constants), np.nan), "failed", "log residuals need positive targets")
         if deadline is not None and time.monotonic() > deadline:
-            return GroupFit(np.full(len(law.constants), np.nan), "failed", "time limit reached before this group")
+            return GroupFit(np.full(len(law.constants), np.nan), "failed", "time limit reached before this group",
+                            clock=True)
         deadline = min(time.monotonic() + opts.time_limit, deadline or math.inf)
         init, lo, hi = _specs_for(law, specs)
         starts = _sample_starts(init, lo, hi, opts.n_starts, opts.seed)
@@ -272,23 +280,25 @@ def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, Constant
         ranked = _screen(law, X, y, starts, lo, hi, opts)
         if len(ranked) == 0:
             return GroupFit(init, "failed", "the law is not finite on the data at any start")
-        best_x, best_cost, nfev = ranked[0], math.inf, 0
-        for x0 in ranked[: opts.n_refine]:
-            x, cost, n = _refine(law, X, y, x0, lo, hi, opts, deadline)
+        best_x, best_cost, nfev, clock = ranked[0], math.inf, 0, False
+        for i, x0 in enumerate(ranked[: opts.n_refine]):
+            x, cost, n, clock = _refine(law, X, y, x0, lo, hi, opts, deadline)
             nfev += n
             if cost < best_cost:
                 best_x, best_cost = x, cost
             if time.monotonic() > deadline:
+                clock = clock or i + 1 < min(opts.n_refine, len(ranked)) or opts.polish
                 break
-        if opts.polish and math.isfinite(best_cost) and time.monotonic() < deadline:
+        if opts.polish and math.isfinite(best_cost) and not clock:
             # trust-region runs can stop early on a flat stretch; one restart from the best point is cheap
-            x, cost, n = _refine(law, X, y, best_x, lo, hi, opts, deadline)
+            x, cost, n, clock = _refine(law, X, y, best_x, lo, hi, opts, deadline)
             nfev += n
             if cost < best_cost:
                 best_x, best_cost = x, cost
         if not math.isfinite(best_cost):
-            return GroupFit(best_x, "failed", "refinement found no finite fit", nfev=nfev, dropped_rows=dropped)
-        return GroupFit(best_x, "ok", objective=best_cost, nfev=nfev, dropped_rows=dropped)
+            return GroupFit(best_x, "failed", "refinement found no finite fit", nfev=nfev, dropped_rows=dropped,
+                            clock=clock)
+        return GroupFit(best_x, "ok", objective=best_cost, nfev=nfev, dropped_rows=dropped, clock=clock)
     except Exception as exc:  # numerics must never crash a campaign
         return GroupFit(np.full(len(law.constants), np.nan), "failed", f"{type(exc).__name__}: {exc}"[:200],
                         dropped_rows=dropped)

@@ -12,12 +12,14 @@ import ast
 import hashlib
 import keyword
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import sympy as sp
+
+from discovery.laws.compiled import CompiledLaw, compile_law
 
 MAX_TEXT_LENGTH = 1000
 MAX_AST_NODES = 250
@@ -324,6 +326,20 @@ class Law:
     canonical: str
     hash: str
     complexity: int
+    # How predictions and the Jacobian are computed: "sympy" (lambdify to NumPy) or "symengine" (compiled by
+    # SymEngine's LLVM backend, see discovery.laws.compiled; laws it does not support stay on "sympy").
+    engine: str = "sympy"
+
+    def __getstate__(self) -> dict:
+        """Pickled without SymPy's compiled functions (a fit job sends the parsed law; the worker compiles what it
+        needs); SymEngine's compiled code travels along (machine code, a few kB: the worker need not rebuild it)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.__dict__.get("_compiled") is not None:
+            state["_compiled"] = self.__dict__["_compiled"]
+        return state
+
+    def with_engine(self, engine: str) -> "Law":
+        return self if engine == self.engine else replace(self, engine=engine)
 
     @property
     def constant_names(self) -> list[str]:
@@ -332,6 +348,12 @@ class Law:
     @property
     def variable_names(self) -> list[str]:
         return [v.name for v in self.variables]
+
+    @cached_property
+    def _compiled(self) -> "CompiledLaw | None":
+        if self.engine != "symengine":
+            return None
+        return compile_law(self.expr, self.variables, self.constants)
 
     @cached_property
     def _predict(self) -> Callable:
@@ -344,6 +366,9 @@ class Law:
 
     def predict(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """X: (n, n_vars) in task variable order; theta: (k,) -> (n,), or (S, k) -> (S, n)."""
+        if self._compiled is not None:
+            with np.errstate(all="ignore"):
+                return self._compiled.predict(X, theta)
         X = np.asarray(X, dtype=float)
         theta = np.asarray(theta, dtype=float)
         cols = [X[:, j] for j in range(X.shape[1])]
@@ -360,6 +385,9 @@ class Law:
 
     def jacobian(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """d prediction / d constants, shape (n, k)."""
+        if self._compiled is not None:
+            with np.errstate(all="ignore"):
+                return self._compiled.jacobian(X, theta)
         X = np.asarray(X, dtype=float)
         n = X.shape[0]
         with np.errstate(all="ignore"):
@@ -374,6 +402,9 @@ class Law:
 
         The law is then pred = h(X, nl) + sum_i lin_i * g_i(X, nl): variable projection.
         """
+        if self._compiled is not None:
+            c = self._compiled
+            return Separable(linear=c.linear, nonlinear=c.nonlinear, func=c.basis)
         linear: list[int] = []
         for i, c in enumerate(self.constants):
             d = sp.diff(self.expr, c)

@@ -62,7 +62,8 @@ def blocks(record: LawRecord, run_dir: Path, figures: dict[str, Path], protocol)
            Block("p", f"Run `{run_dir}` ({meta.get('status', '?')}; stopped by {best.get('stop_reason', '?')}). "
                       f"{best.get('candidates_evaluated', '?')} candidates evaluated over "
                       f"{best.get('generations_completed', '?')} generations in {best.get('wall_seconds', '?')} s. "
-                      f"Report by Kepler {kepler_version()} on {time.strftime('%Y-%m-%d %H:%M')}."),
+                      f"Report by Kepler {kepler_version()} on {time.strftime('%Y-%m-%d %H:%M')}."
+                      + (f" **{best['clock']}.**" if best.get("clock") else "")),
            Block("h2", "Task"),
            Block("p", f"`{task.name}`: {task.description.strip()} Source: {task.paper}."),
            _table(["symbol", "column", "unit", "meaning"],

@@ -14,12 +14,15 @@ import math
 import time
 import tomllib
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from discovery.laws.cache import parse_cached
 from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options
 from discovery.laws.identifiability import redundant_constants, screening_rows
 from discovery.laws.law import Law, LawError, parse_law
@@ -46,6 +49,9 @@ from evaluators.metrics import Scores, score
 from evaluators.protocol import Protocol
 
 RESULTS_DIR = Path("results")
+# What the live panel, the final table, best.json and the report say when a wall-clock limit decided anything.
+CLOCK_NOTE = "stopped by the clock: results depend on machine speed"
+CLOCK_FIT_REASON = "stopped by the clock (fit_time_limit)"
 
 
 class CampaignSettings(BaseModel):
@@ -61,8 +67,9 @@ class CampaignSettings(BaseModel):
     islands: int = Field(default=2, ge=1)
     children: int = Field(default=8, ge=1, description="candidates proposed per island per generation")
     time_limit: float | None = Field(
-        default=540.0, gt=0,
-        description="wall seconds for the search (a safety net: the default budget is generations)")
+        default=None, gt=0,
+        description="wall seconds for the search; none by default, so the generations budget alone decides and the "
+        "same seed gives the same result on any machine. When it binds, the run says so (CLOCK_NOTE)")
     fit_starts: int = Field(default=32, ge=1)
     fit_recipes: list[Literal["linear", "log", "log_huber"]] = Field(
         default=["linear", "log_huber"], min_length=1,
@@ -84,6 +91,10 @@ class CampaignSettings(BaseModel):
     structured: Literal["auto", "schema", "json", "off"] = Field(
         default="auto", description="LLM reply format: JSON schema, JSON object, or plain text (auto falls back)")
     executor: Literal["serial", "local", "dask"] = Field(default="local", description="where candidate fits run")
+    engine: Literal["fast", "legacy"] = Field(
+        default="fast", description="how a candidate is evaluated: fast (parsed once per process, the parsed law sent "
+        "to the worker, compiled by SymEngine) or legacy (parsed at every step, SymPy lambdify), kept to measure "
+        "against (benchmarks/search_throughput.py)")
     workers: int | None = Field(default=None, ge=1, description="worker processes (default: one per core)")
     scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler (tcp://host:8786)")
 
@@ -153,6 +164,7 @@ class Progress:
     llm_event: str = ""  # the last LLM error or retry, as it happened
     warnings: list[str] = field(default_factory=list)
     status: str = "running"
+    clock: str = ""  # CLOCK_NOTE and what the clock stopped, once a time limit has bound
 
     @property
     def rate(self) -> float:
@@ -176,15 +188,21 @@ def _specs_from_json(raw: str | None) -> dict[str, ConstantSpec] | None:
 def make_proposer(settings: CampaignSettings, task: Task) -> Proposer:
     from discovery.search.proposers.offline import OfflineProposer
 
+    parse, fast = parser_for(settings.engine), settings.engine == "fast"
     if settings.proposer == "offline":
-        return OfflineProposer(task)
+        return OfflineProposer(task, parse=parse, memoize=fast)
     from discovery.search.proposers.llm import LLMProposer
     from discovery.search.proposers.mixed import MixedProposer
 
     llm = LLMProposer.from_settings(settings, task)
     if settings.proposer == "llm":
         return llm
-    return MixedProposer(llm, OfflineProposer(task))
+    return MixedProposer(llm, OfflineProposer(task, parse=parse, memoize=fast))
+
+
+def parser_for(engine: str) -> Callable[..., Law]:
+    """The fast engine parses each text once per process (and compiles with SymEngine); legacy parses every time."""
+    return parse_law if engine == "legacy" else partial(parse_cached, engine="symengine")
 
 
 class Campaign:
@@ -202,6 +220,7 @@ class Campaign:
         self.protocol = Protocol(self.task, load_frame(self.task))
         self.proposer = proposer or make_proposer(settings, self.task)
         self.on_progress = on_progress or (lambda p: None)
+        self._parse = parser_for(settings.engine)
         # Search fits are cheaper than final ones (looser tolerance, fewer evaluations); the Pareto front is
         # refit with the defaults before anything is reported on test.
         self.fit_opts = FitOptions(seed=settings.seed, n_starts=settings.fit_starts, n_refine=1, max_nfev=80,
@@ -216,6 +235,8 @@ class Campaign:
         self.progress = Progress(generations=settings.generations)
         self._summary = data_summary(self.task, self.protocol)
         self._elapsed_before = 0.0
+        self._clock_fits = 0  # candidates whose fit a time limit cut short
+        self._clock_search = False  # the search stopped on --time-limit
         self.changes: list[str] = []
         self.warnings: list[str] = []
         llm = getattr(self.proposer, "llm", self.proposer)
@@ -256,7 +277,8 @@ class Campaign:
         store.close()
         if "settings" not in meta:
             raise ValueError(f"{run_dir}: not a Kepler run (no settings in campaign.sqlite)")
-        stored = CampaignSettings.model_validate(meta["settings"])
+        # a run stored before engines existed keeps the code path it started on
+        stored = CampaignSettings.model_validate({"engine": "legacy", **meta["settings"]})
         completed = 0 if last is None else int(last["generation"]) + 1
         settings, changes = resumed_settings(stored, overrides or {}, run_dir, completed)
         task_file = Path(settings.task)
@@ -300,8 +322,8 @@ class Campaign:
             return {"kind": "write", "common": common, "info": {}, "status": "rejected", "reason": item.reason}
         try:
             declared = list(item.constants) if item.constants else None
-            law = parse_law(item.formula, self.task.symbols, constants=declared,
-                            max_constants=self.task.constant_limit, column_hints=self.task.symbol_for_column())
+            law = self._parse(item.formula, self.task.symbols, constants=declared,
+                                max_constants=self.task.constant_limit, column_hints=self.task.symbol_for_column())
         except LawError as exc:
             info = dict(operation=item.operation, parents=item.parents, rationale=item.rationale)
             return {"kind": "write", "common": common, "info": info, "status": "rejected", "reason": str(exc)}
@@ -325,7 +347,7 @@ class Campaign:
                     "reason": f"same law as #{original['id']}"}
         batch[law.hash] = (island, slot)
         job = FitJob(law.text, item.constants, self.fit_opts, self.settings.fit_time_limit,
-                     tuple(self.settings.fit_recipes))
+                     tuple(self.settings.fit_recipes), law=law if self.settings.engine == "fast" else None)
         return {"kind": "fit", "common": common, "info": info, "job": job, "law": law}
 
     def _screen(self, law: Law, specs: dict[str, ConstantSpec] | None) -> str | None:
@@ -348,8 +370,12 @@ class Campaign:
             **plan["common"], **plan["info"], status=status, reason="; ".join(outcome.failures)[:300] or None,
             fit=dict(constants=outcome.constants, status="ok" if outcome.ok else "failed", val_r2=outcome.val_r2,
                      val_nmse=outcome.val_nmse, val_nmae=outcome.val_nmae, fit_seconds=outcome.seconds,
-                     recipe=outcome.recipe, shape=outcome.shape))
+                     recipe=outcome.recipe, shape=outcome.shape,
+                     reason=f"{CLOCK_FIT_REASON}: {outcome.clock} group fits" if outcome.clock else None))
         self._count(status)
+        if outcome.clock:
+            self._clock_fits += 1
+            self.progress.clock = self._clock_note()
         law = plan["law"]
         if outcome.shape is None and outcome.val_r2 > self.progress.best_val_r2:
             self.progress.best_val_r2, self.progress.best_formula = outcome.val_r2, law.text
@@ -408,7 +434,7 @@ class Campaign:
     def _residuals(self, best: Member) -> str:
         """Where the best law errs on train, from its stored fit-part constants (no refit)."""
         row = self.store.candidate(best.id)
-        law = parse_law(row["formula"], self.task.symbols, check_typos=False)
+        law = self._parse(row["formula"], self.task.symbols, check_typos=False)
         return residual_summary(self.task, law, self._search_fit(row, law), self.protocol.train)
 
     def _search_fit(self, row, law: Law) -> LawFit:
@@ -435,6 +461,9 @@ class Campaign:
         self.progress.evaluated = counts.get("evaluated", 0) + counts.get("failed", 0)
         self.progress.rejected = counts.get("rejected", 0)
         self.progress.duplicates = counts.get("duplicate", 0)
+        self._clock_fits = self.store.clock_fits(CLOCK_FIT_REASON)
+        self._clock_search = any(e["message"] == "time limit" for e in self.store.events("clock"))
+        self.progress.clock = self._clock_note()
         best = self.population.best()
         if best is not None:
             row = self.store.candidate(best.id)
@@ -469,6 +498,9 @@ class Campaign:
             for gen in range(start, s.generations):
                 if self._out_of_time(t0):
                     stop_reason = "budget: time limit"
+                    self._clock_search = True
+                    self.store.event("clock", "time limit")
+                    self.progress.clock = self._clock_note()
                     break
                 self.progress.generation = gen
                 silence = self._llm_silence(gen)
@@ -479,11 +511,15 @@ class Campaign:
                     self.proposer.offline_only = True
                     self._warn(f"{silence}; from generation {gen + 1} on this run is offline only")
                 try:
-                    proposals = self.proposer.propose(self._contexts(gen))
+                    contexts = self._contexts(gen)
+                    if self._pipelined:  # island by island: island 0 is fitted while island 1 is proposed
+                        proposals = (self.proposer.propose([ctx])[0] for ctx in contexts)
+                    else:
+                        proposals = iter(self.proposer.propose(contexts))
+                    self._run_generation(gen, proposals)
                 except BudgetExhausted as exc:
                     stop_reason = f"budget: {exc}"
                     break
-                self._run_generation(gen, proposals)
                 self.store.set_meta(search_seconds=self._elapsed_before + time.monotonic() - t0)
         finally:
             self.store.set_meta(search_seconds=self._elapsed_before + time.monotonic() - t0)
@@ -493,19 +529,39 @@ class Campaign:
         self.store.event("stop", stop_reason)
         return self.finish(stop_reason)
 
-    def _run_generation(self, gen: int, proposals: list[Proposal]) -> None:
-        """Plan every slot, fit the new laws (in parallel when the executor allows), write in slot order."""
+    @property
+    def _pipelined(self) -> bool:
+        """The fast engine hands each island's fits to the executor as soon as that island is planned, so the
+        workers fit while this process proposes the next island. Only for the offline proposer, whose islands
+        are independent given the generation's contexts (an LLM proposer asks for all islands at once), and on
+        this machine's pool (Dask gets a generation at a time: its recovery from a lost worker resubmits what
+        is left of one batch)."""
+        return self.settings.engine == "fast" and self.settings.proposer == "offline" and \
+            self.settings.executor != "dask"
+
+    def _run_generation(self, gen: int, proposals: Iterable[Proposal]) -> None:
+        """Plan every slot, fit the new laws (in parallel when the executor allows), write in slot order.
+
+        Every slot of the generation is planned before anything is written, so a plan sees only earlier
+        generations in the store, however the fits are handed out."""
         rng = np.random.default_rng(_seed_for(self.settings.seed, gen, 999))
         plans: list[tuple[int, dict]] = []
         batch: dict[str, tuple[int, int]] = {}
+        handed_out: list[Iterator[FitOutcome]] = []
         for island, proposal in enumerate(proposals):
             for call in proposal.calls:
                 self.store.add_llm_call(gen, island, call)
             items: list[Candidate | Rejection] = [*proposal.candidates, *proposal.rejections]
-            plans.extend((island, self._plan(gen, island, slot, item, batch)) for slot, item in enumerate(items))
+            planned = [(island, self._plan(gen, island, slot, item, batch)) for slot, item in enumerate(items)]
+            plans.extend(planned)
+            if self._pipelined:
+                handed_out.append(iter(self.executor.map([p["job"] for _, p in planned if p["kind"] == "fit"])))
         self.progress.llm = self.store.llm_usage()
-        outcomes = iter(self.executor.map(p["job"] for _, p in plans if p["kind"] == "fit"))
-        newcomers: list[list[Member]] = [[] for _ in proposals]
+        if self._pipelined:
+            outcomes = chain.from_iterable(handed_out)
+        else:
+            outcomes = iter(self.executor.map(p["job"] for _, p in plans if p["kind"] == "fit"))
+        newcomers: list[list[Member]] = [[] for _ in range(self.settings.islands)]  # one proposal per island
         for island, plan in plans:
             member = self._write(plan, next(outcomes) if plan["kind"] == "fit" else None)
             if member is not None:
@@ -521,6 +577,17 @@ class Campaign:
         self.progress.completed = gen + 1
         self.on_progress(self.progress)
 
+    def _clock_note(self, final_fits: int = 0) -> str:
+        """CLOCK_NOTE and what the clock stopped, or "" when no time limit bound (the usual case)."""
+        what = []
+        if self._clock_search:
+            what.append(f"the search at the time limit ({self.settings.time_limit:g} s)")
+        if self._clock_fits:
+            what.append(f"{self._clock_fits} candidate fit(s) at fit_time_limit ({self.settings.fit_time_limit:g} s)")
+        if final_fits:
+            what.append(f"{final_fits} final refit(s) at their time limit")
+        return f"{CLOCK_NOTE} ({'; '.join(what)})" if what else ""
+
     # --- the final report -------------------------------------------------------------------------
     def finish(self, stop_reason: str) -> dict:
         """Refit the Pareto front on all of train, score it once on test, write best.json."""
@@ -531,7 +598,8 @@ class Campaign:
         if not everyone:
             self.store.set_meta(status="finished", stop_reason=stop_reason)
             result = {"task": self.task.name, "status": "no law evaluated", "stop_reason": stop_reason, "llm": llm,
-                      "warnings": self.warnings}
+                      "warnings": self.warnings,
+                      "clock": self._clock_note() or None}
             (self.run_dir / "best.json").write_text(json.dumps(result, indent=2))
             return result
         best = min(everyone, key=lambda m: m.rank)
@@ -544,11 +612,13 @@ class Campaign:
         # of it that a fresh multi-start search on more rows might jump to.
         final_opts = FitOptions(seed=self.settings.seed, n_starts=1)
         reports = []
+        final_clock = 0
         for m in sorted(front, key=lambda m: m.complexity):
             row = self.store.candidate(m.id)
-            law = parse_law(row["formula"], self.task.symbols, check_typos=False)
+            law = self._parse(row["formula"], self.task.symbols, check_typos=False)
             fit = fit_law(law, self.protocol.train, self.task.targets, _specs_from_json(row["constant_specs"]),
                           recipe_options(final_opts, row["recipe"] or "linear"), warm=self._search_fit(row, law))
+            final_clock += fit.stopped_by_clock > 0
             t = score(test.Y, fit.predict(test))
             self.store.add_final(m.id, "best" if m.id == best.id else "pareto", constants_json(fit),
                                  "ok" if fit.ok else "failed", t.as_dict())
@@ -561,6 +631,7 @@ class Campaign:
             "proposer": self.settings.proposer,
             "seed": self.settings.seed,
             "stop_reason": stop_reason,
+            "clock": self._clock_note(final_clock) or None,  # CLOCK_NOTE when a time limit decided anything
             "best": best_report,
             "pareto_front": reports,
             "human": human,
@@ -581,6 +652,7 @@ class Campaign:
         self.store.set_meta(status="finished", stop_reason=stop_reason, best_val_r2=best_report["validation"]["r2"],
                             best_test_r2=best_report["test"]["r2"])
         self.progress.status = "finished"
+        self.progress.clock = result["clock"] or ""
         self.on_progress(self.progress)
         return result
 

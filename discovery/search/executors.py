@@ -1,7 +1,8 @@
 """Where candidate fits run: in this process, in a local process pool, or on a Dask cluster.
 
-Only what a fit needs travels: the law's formula text (rebuilt through the parser on the worker),
-its constant specs and the fit options. The task's fit/validation arrays are sent to each worker
+Only what a fit needs travels: the law (its formula text, rebuilt through the parser on the worker, or
+with the fast engine the parsed law itself, so the worker compiles it without parsing again), its
+constant specs and the fit options. The task's fit/validation arrays are sent to each worker
 once, when the pool starts (local) or scattered once per campaign (dask). Results come back in
 submission order, so the campaign writes them to the store in slot order and the outcome does not
 depend on where a fit ran. Workers never touch the store: the campaign process is its only writer.
@@ -23,7 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from discovery.laws.fit import RECIPES, FitOptions, LawFit, fit_law, recipe_options
-from discovery.laws.law import parse_law
+from discovery.laws.law import Law, parse_law
 from discovery.laws.shape import shape_of
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.values import ConstantSpec, ShapePriors
@@ -49,6 +50,7 @@ class FitJob:
     opts: FitOptions
     total_time_limit: float | None
     recipes: tuple[str, ...] = ("linear",)  # tried in turn; the best on validation is kept
+    law: Law | None = None  # the parsed law (fast engine), pickled without its compiled functions
 
 
 @dataclass
@@ -62,6 +64,7 @@ class FitOutcome:
     seconds: float
     recipe: str = "linear"
     shape: str | None = None  # which shape prior the fitted law breaks, if any (see discovery.laws.shape)
+    clock: int = 0  # group fits a time limit cut short (then the result depends on machine speed)
 
 
 def constants_json(fit: LawFit) -> dict:
@@ -75,10 +78,11 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
     Each recipe (see fit.RECIPES) is tried; a fit that keeps the task's shape priors beats one that breaks
     them, then the lowest validation NMSE wins. Log recipes are skipped when a target is not positive.
     """
-    law = parse_law(job.formula, data.symbols, check_typos=False)
+    law = job.law if job.law is not None else parse_law(job.formula, data.symbols, check_typos=False)
     positive = bool((data.fit_part.Y > 0).all())
     best: FitOutcome | None = None
     seconds = 0.0
+    clock = 0
     seen = Dataset.concat(data.fit_part, data.validation) if data.priors else None  # where shapes are checked
     for recipe in job.recipes:
         if RECIPES[recipe].get("log_residuals") and not positive:
@@ -86,6 +90,7 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
         fit = fit_law(law, data.fit_part, data.targets, job.specs, recipe_options(job.opts, recipe),
                       total_time_limit=job.total_time_limit)
         seconds += fit.seconds
+        clock += fit.stopped_by_clock
         val = score_blocks(data.validation.Y, fit.predict(data.validation), data.validation_blocks)
         shape = shape_of(fit, seen, data.priors) if seen is not None else None
         if best is None or (fit.ok, shape is None, -val.nmse) > (best.ok, best.shape is None, -best.val_nmse):
@@ -93,6 +98,7 @@ def run_fit(data: FitData, job: FitJob) -> FitOutcome:
                               shape)
     assert best is not None, "at least one recipe applies (linear always does)"
     best.seconds = seconds
+    best.clock = clock
     return best
 
 

@@ -167,6 +167,13 @@ class Store:
                                "AND generation < ? ORDER BY id DESC LIMIT ?", (before_generation, limit)).fetchall()
         return rows[::-1]
 
+    def clock_fits(self, reason: str) -> int:
+        """How many candidates' fits a time limit cut short (their fit reason starts with `reason`)."""
+        return self.db.execute("SELECT COUNT(*) FROM fits WHERE reason LIKE ?", (reason + "%",)).fetchone()[0]
+
+    def events(self, kind: str) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT ts, kind, message FROM events WHERE kind = ? ORDER BY ts", (kind,)).fetchall()
+
     def counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT status, COUNT(*) AS n FROM candidates GROUP BY status").fetchall()
         return {r["status"]: r["n"] for r in rows}

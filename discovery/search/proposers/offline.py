@@ -22,11 +22,12 @@ import math
 import re
 from dataclasses import dataclass
 from itertools import count
+from typing import Callable
 
 import numpy as np
 import sympy as sp
 
-from discovery.laws.law import LawError, near_miss, parse_law
+from discovery.laws.law import Law, LawError, near_miss, parse_law
 from discovery.search.proposers.base import Candidate, Proposal, ProposalContext, Proposer, Survivor
 from discovery.tasks.spec import Task
 from discovery.tasks.values import ConstantSpec
@@ -123,8 +124,11 @@ class _Names:
 class OfflineProposer(Proposer):
     name = "offline"
 
-    def __init__(self, task: Task):
+    def __init__(self, task: Task, parse: Callable[..., Law] = parse_law, memoize: bool = False):
         self.task = task
+        self.parse = parse  # parse_law, or a cached parse (the campaign's fast engine)
+        self.memoize = memoize  # the fast engine remembers survivors' genomes (a pure function of the survivor)
+        self._genomes: dict[tuple, Genome | None] = {}
         self.vars = scaled_variables(task)
         self.limit = task.constant_limit or 10
         self.offset_symbol = sp.Symbol(OFFSET, real=True)
@@ -200,8 +204,18 @@ class OfflineProposer(Proposer):
 
     # --- survivors back into genomes -----------------------------------------------------
     def genome_from_survivor(self, s: Survivor) -> Genome | None:
+        """A survivor's law as a genome (the same object for the same survivor: genomes are never changed)."""
+        if not self.memoize:
+            return self._genome_from_survivor(s)
+        key = (s.formula, tuple(sorted(s.constants.items())),
+               tuple(sorted((k, v.init, v.bounds) for k, v in (s.constant_specs or {}).items())))
+        if key not in self._genomes:
+            self._genomes[key] = self._genome_from_survivor(s)
+        return self._genomes[key]
+
+    def _genome_from_survivor(self, s: Survivor) -> Genome | None:
         try:
-            law = parse_law(s.formula, self.task.symbols, check_typos=False)
+            law = self.parse(s.formula, self.task.symbols, check_typos=False)
         except LawError:
             return None
         subs = {}
@@ -380,7 +394,7 @@ class OfflineProposer(Proposer):
                 continue
             text, specs = rendered
             try:
-                law = parse_law(text, self.task.symbols, constants=list(specs), max_constants=self.task.constant_limit)
+                law = self.parse(text, self.task.symbols, constants=list(specs), max_constants=self.task.constant_limit)
             except LawError:
                 continue
             if law.hash in seen:

@@ -129,3 +129,23 @@ def test_real_task_bootstrap_is_seeded_and_warm():
         assert boot.n_ok(key) == 50
         iv = boot.intervals()[key]
         assert np.all(iv[:, 0] <= iv[:, 1])
+
+
+def test_batched_refits_give_the_intervals_of_one_refit_per_resample():
+    """The default solver (all resamples of a group at once) against the reference (one least_squares refit
+    per resample), on the same resamples: the same intervals, the bands too; progress reaches the total."""
+    data = _planted(7, n=50, groups=2)
+    point, opts = _fit(data)
+    seen = []
+    batch = bootstrap_law(LAW, data, point, SPECS, opts, BootstrapOptions(n_resamples=60, seed=1, n_jobs=1),
+                          progress=lambda done, total: seen.append((done, total)))
+    refit = bootstrap_law(LAW, data, point, SPECS, opts,
+                          BootstrapOptions(n_resamples=60, seed=1, n_jobs=1, method="refit"))
+    assert seen[-1] == (120, 120) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
+    for key in point:
+        width = refit.intervals()[key][:, 1] - refit.intervals()[key][:, 0]
+        assert np.all(np.abs(batch.intervals()[key] - refit.intervals()[key]) <= 1e-3 * width[:, None])
+    lo_b, hi_b = batch.band(LAW, data)
+    lo_r, hi_r = refit.band(LAW, data)
+    assert np.allclose(lo_b, lo_r, rtol=1e-4) and np.allclose(hi_b, hi_r, rtol=1e-4)
+    assert summary(batch, LAW)["solver"] == "batch" and summary(refit, LAW)["solver"] == "refit"

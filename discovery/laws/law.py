@@ -383,6 +383,25 @@ class Law:
             out = self._predict(*cols, *params)
         return np.broadcast_to(np.asarray(out, dtype=float), shape)
 
+    def predict_rows(self, X: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+        """Row i of X with constants thetas[i]: X (n, n_vars), thetas (n, k) -> (n,)."""
+        X, thetas = np.asarray(X, dtype=float), np.asarray(thetas, dtype=float)
+        with np.errstate(all="ignore"):
+            out = self._predict(*[X[:, j] for j in range(X.shape[1])], *[thetas[:, i] for i in range(thetas.shape[1])])
+        return np.broadcast_to(np.asarray(out, dtype=float), (X.shape[0],))
+
+    def jacobians(self, X: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+        """d prediction / d constants for many constant vectors: X (n, n_vars), thetas (S, k) -> (S, n, k)."""
+        X, thetas = np.asarray(X, dtype=float), np.asarray(thetas, dtype=float)
+        shape = (thetas.shape[0], X.shape[0])
+        with np.errstate(all="ignore"):
+            parts = self._jacobian(*[X[:, j][None, :] for j in range(X.shape[1])],
+                                   *[thetas[:, [i]] for i in range(thetas.shape[1])])
+        out = np.empty((*shape, len(parts)))
+        for i, p in enumerate(parts):
+            out[:, :, i] = np.broadcast_to(np.asarray(p, dtype=float), shape)
+        return out
+
     def jacobian(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """d prediction / d constants, shape (n, k)."""
         if self._compiled is not None:

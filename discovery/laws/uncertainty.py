@@ -1,10 +1,14 @@
 """Bootstrap uncertainty for a fitted law: intervals for constants and bands for predictions.
 
 Rows are resampled with replacement within each group (a seeded numpy Generator per resample, so
-the result does not depend on how resamples are spread over processes), and every resample is
-refit *from the point estimate*: `fit_group` with a single quasi-random start, the point estimate
-as the warm start and one refinement. Rows that the fit settings drop (`drop_highest_targets`) are
-dropped once from the original data, before resampling, as in the Chinchilla replication.
+the result does not depend on how resamples are spread over processes or which solver refits them),
+and every resample is refit *from the point estimate*. By default all resamples of a group are refit
+together (`batch_fit.fit_weighted`: a resample is the group's rows with integer weights, and one
+vectorised Levenberg-Marquardt step moves all of them at once); a resample it does not converge within
+`max_iter` steps is refit alone by `fit_group` (the point estimate as the only start, one refinement),
+which is also the reference method (`method="refit"`) the batch is checked against in
+benchmarks/bootstrap_speed.py. Rows that the fit settings drop (`drop_highest_targets`) are dropped
+once from the original data, before resampling, as in the Chinchilla replication.
 
 Two bands are given for any rows: the *law band* (percentiles of the law's prediction over the
 resampled constants: uncertainty of the fitted curve) and the *prediction band* (each resample's
@@ -19,18 +23,21 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
 
 import numpy as np
 
-from discovery.laws.fit import FitOptions, fit_group
+from discovery.laws.batch_fit import fit_weighted
+from discovery.laws.fit import FitOptions, _specs_for, fit_group
 from discovery.laws.law import Law, parse_law
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.values import ConstantSpec
 
 Key = tuple[str, int]
-SERIAL_BELOW = 200_000  # resamples x rows under which starting processes costs more than it saves
+METHODS = ("batch", "refit")
+# resamples x rows under which starting processes costs more than it saves (refits one by one; batched)
+SERIAL_BELOW = {"refit": 200_000, "batch": 5_000_000}
 _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -40,7 +47,10 @@ class BootstrapOptions:
     seed: int = 0
     level: float = 0.95
     n_jobs: int | None = None  # processes; None: one per core for large jobs, else 1
-    max_nfev: int = 200
+    max_nfev: int = 200  # per least_squares refit (the reference method, and the batch's fallbacks)
+    method: str = "batch"  # batch: all resamples of a group in one vectorised solver; refit: one at a time
+    max_iter: int = 200  # batched steps per resample; one that has not converged by then is refit on its own
+    batch_tol: float = 1e-12  # ftol = xtol = gtol of the batched solver (see benchmarks/bootstrap_speed.py)
 
 
 @dataclass
@@ -54,6 +64,7 @@ class Bootstrap:
     log_residuals: bool
     residuals: dict[Key, np.ndarray]  # point fit's train residuals (log scale if log_residuals)
     seconds: float
+    fallbacks: dict[Key, int] = field(default_factory=dict)  # resamples the batch did not converge, refit alone
 
     @property
     def alpha(self) -> float:
@@ -121,29 +132,86 @@ class _Job:
     point: dict[Key, np.ndarray]
     seed: int
     resamples: list[int]
+    method: str
+    max_iter: int
+    tol: float
 
 
 def _resample_seed(seed: int, b: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, b])
 
 
-def _run(job: _Job) -> dict[Key, np.ndarray]:
-    """Refit the resamples `job.resamples` from the point estimate; returns {key: (len, k)}."""
+def resample_counts(seed: int, resamples: list[int], sizes: dict[Key, int]) -> dict[Key, np.ndarray]:
+    """How often each row is drawn, per resample: {key: (len(resamples), n_rows) int}.
+
+    Resample b draws, for every key in sorted order, n indices with replacement from its own generator
+    (seeded by (seed, b)), so a resample is the same whichever process or method refits it."""
+    out = {key: np.zeros((len(resamples), n), dtype=np.int32) for key, n in sizes.items()}
+    for i, b in enumerate(resamples):
+        rng = np.random.default_rng(_resample_seed(seed, b))
+        for key in sorted(sizes):
+            n = sizes[key]
+            out[key][i] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+    return out
+
+
+def _rows(counts: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def _refit_one(law: Law, X: np.ndarray, y: np.ndarray, counts: np.ndarray, specs, opts: FitOptions,
+               start: np.ndarray) -> tuple[np.ndarray, float]:
+    """One resample refit by `fit_group` from `start`: (constants, objective); NaN constants if it failed."""
+    idx = _rows(counts)
+    fit = fit_group(law, X[idx], y[idx], specs, opts, warm_start=start)
+    if fit.ok and np.all(np.isfinite(fit.theta)):
+        return fit.theta, fit.objective
+    return np.full(len(start), np.nan), math.inf
+
+
+def _chunk(n_rows: int, k: int, total: int, budget: int = 3_000_000) -> int:
+    """Resamples per batched step, so that one (resamples, rows, constants) Jacobian stays near `budget` floats."""
+    return int(max(1, min(total, budget // max(1, n_rows * max(k, 1)))))
+
+
+def _run(job: _Job, progress: Callable[[int], None] | None = None) -> tuple[dict[Key, np.ndarray], dict[Key, int]]:
+    """Refit the resamples `job.resamples` from the point estimate: ({key: (len, k)}, {key: slow refits}).
+
+    `progress(n)` is told after every piece of work how many (resample, group) refits it finished."""
     law = parse_law(job.formula, job.symbols, check_typos=False)
     k = len(law.constants)
+    counts = resample_counts(job.seed, job.resamples, {key: len(y) for key, (_, y) in job.pools.items()})
     out = {key: np.full((len(job.resamples), k), np.nan) for key in job.pools}
-    for i, b in enumerate(job.resamples):
-        rng = np.random.default_rng(_resample_seed(job.seed, b))
-        for key in sorted(job.pools):
-            X, y = job.pools[key]
-            idx = rng.integers(0, len(y), size=len(y))
-            point = job.point[key]
-            if not np.all(np.isfinite(point)):
-                continue
-            fit = fit_group(law, X[idx], y[idx], job.specs, job.opts, warm_start=point)
-            if fit.ok and np.all(np.isfinite(fit.theta)):
-                out[key][i] = fit.theta
-    return out
+    slow = {key: 0 for key in job.pools}
+    _, lo, hi = _specs_for(law, job.specs)
+    for key in sorted(job.pools):
+        X, y = job.pools[key]
+        point = job.point[key]
+        W = counts[key]
+        if not np.all(np.isfinite(point)):
+            pass
+        elif job.method == "refit":  # the reference: one least_squares refit per resample
+            for i in range(len(W)):
+                out[key][i] = _refit_one(law, X, y, W[i], job.specs, job.opts, point)[0]
+        else:
+            step = _chunk(len(y), k, len(W))
+            for a in range(0, len(W), step):
+                res = fit_weighted(law, X, y, W[a:a + step], point, lo, hi, loss=job.opts.loss,
+                                   f_scale=job.opts.f_scale, log_residuals=job.opts.log_residuals,
+                                   max_iter=job.max_iter, tol=job.tol)
+                out[key][a:a + step] = res.theta
+                # a resample the batch did not converge is refit the slow way from the point estimate, as the
+                # reference method would; the lower of the two objectives is kept
+                for i in np.flatnonzero(~res.converged):
+                    theta, objective = _refit_one(law, X, y, W[a + i], job.specs, job.opts, point)
+                    if objective < res.cost[i] or not np.isfinite(res.cost[i]):
+                        out[key][a + i] = theta
+                    slow[key] += 1
+                if progress:
+                    progress(len(res.theta))
+        if progress and (job.method == "refit" or not np.all(np.isfinite(point))):
+            progress(len(W))
+    return out, slow
 
 
 def _pools(law: Law, data: Dataset, point: dict[Key, np.ndarray],
@@ -184,42 +252,75 @@ def _single_threaded_blas() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def refit_options(fit_options: FitOptions, options: BootstrapOptions) -> FitOptions:
+    """The settings of a single resample's refit: the point estimate as the only start, one refinement."""
+    polish = fit_options.polish if options.method == "refit" else False
+    return replace(fit_options, n_starts=1, n_refine=1, drop_highest_targets=0, max_nfev=options.max_nfev,
+                   polish=polish)
+
+
 def bootstrap_law(law: Law, data: Dataset, point: dict[Key, np.ndarray], specs: dict[str, ConstantSpec] | None,
-                  fit_options: FitOptions, options: BootstrapOptions | None = None) -> Bootstrap:
-    """Bootstrap the constants of `law` fitted on `data` (usually all of train) with point estimate `point`."""
+                  fit_options: FitOptions, options: BootstrapOptions | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> Bootstrap:
+    """Bootstrap the constants of `law` fitted on `data` (usually all of train) with point estimate `point`.
+
+    `progress(done, total)` is told how many of the resamples x groups refits are done."""
     options = options or BootstrapOptions()
     if options.n_resamples < 1:
         raise ValueError("the bootstrap needs at least one resample")
+    if options.method not in METHODS:
+        raise ValueError(f"unknown bootstrap method {options.method!r}; choose from {', '.join(METHODS)}")
     t0 = time.perf_counter()
     pools = _pools(law, data, point, fit_options.drop_highest_targets)
-    warm = replace(fit_options, n_starts=1, n_refine=1, drop_highest_targets=0, max_nfev=options.max_nfev)
+    warm = refit_options(fit_options, options)
     B = options.n_resamples
-    jobs_n = options.n_jobs or (1 if B * len(data) < SERIAL_BELOW else os.cpu_count() or 1)
+    jobs_n = options.n_jobs or (1 if B * len(data) < SERIAL_BELOW[options.method] else os.cpu_count() or 1)
     jobs_n = max(1, min(jobs_n, B))
-    chunks = [list(c) for c in np.array_split(np.arange(B), jobs_n) if len(c)]
+    # several pieces per process, so progress moves and a slow piece does not hold the others back
+    pieces = max(1, min(B, 2 * jobs_n if jobs_n > 1 else 1))
+    chunks = [list(map(int, c)) for c in np.array_split(np.arange(B), pieces) if len(c)]
     symbols = [v.name for v in law.variables]
-    jobs = [_Job(law.text, symbols, specs, warm, pools, point, options.seed, c) for c in chunks]
+    jobs = [_Job(law.text, symbols, specs, warm, pools, point, options.seed, c, options.method, options.max_iter,
+                 options.batch_tol)
+            for c in chunks]
+    parts: list[tuple[dict, dict]] = []
+    total = B * len(pools)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
     if jobs_n == 1:
-        parts = [_run(j) for j in jobs]
+        parts = [_run(j, tick) for j in jobs]
     else:
         ctx = multiprocessing.get_context("spawn")  # like the campaign's pool: no threads copied mid-flight
         with _single_threaded_blas(), ProcessPoolExecutor(max_workers=jobs_n, mp_context=ctx) as pool:
-            parts = list(pool.map(_run, jobs))
-    samples = {key: np.vstack([p[key] for p in parts]) for key in pools}
+            futures = [pool.submit(_run, j) for j in jobs]
+            for f, j in zip(futures, jobs, strict=True):
+                parts.append(f.result())
+                tick(len(j.resamples) * len(pools))
+    samples = {key: np.vstack([p[0][key] for p in parts]) for key in pools}
+    fallbacks = {key: int(sum(p[1][key] for p in parts)) for key in pools}
     return Bootstrap(constant_names=[c.name for c in law.constants], point=dict(point), samples=samples,
                      options=options, log_residuals=fit_options.log_residuals,
                      residuals=_residuals(law, pools, point, fit_options.log_residuals),
-                     seconds=time.perf_counter() - t0)
+                     seconds=time.perf_counter() - t0, fallbacks=fallbacks)
 
 
 def summary(boot: Bootstrap, law: Law, test: Dataset | None = None) -> dict:
     """JSON-ready: method, resamples, intervals per key, and coverage of `test` by both bands."""
+    how = ("all resamples of a group refit together by a batched Levenberg-Marquardt solver, those it did not "
+           "converge refit one by one with least_squares" if boot.options.method == "batch"
+           else "each resample refit by least_squares (one start, one refinement)")
     out = {
-        "method": ("percentile bootstrap over rows within each group, refit from the point estimate "
-                   "(warm start, one refinement)"),
+        "method": f"percentile bootstrap over rows within each group, refit from the point estimate ({how})",
         "resamples": boot.options.n_resamples, "seed": boot.options.seed, "level": boot.options.level,
-        "seconds": round(boot.seconds, 3),
+        "seconds": round(boot.seconds, 3), "solver": boot.options.method,
         "ok": {f"{g}|{t}": boot.n_ok((g, t)) for g, t in sorted(boot.samples)},
+        "refit_alone": int(sum(boot.fallbacks.values())),
     }
     if test is not None and len(test):
         lo, hi = boot.band(law, test)

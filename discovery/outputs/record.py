@@ -11,12 +11,14 @@ import sqlite3
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from discovery.laws.fit import RECIPES, FitOptions, GroupFit, LawFit, fit_law, recipe_options
 from discovery.laws.law import Law, parse_law
-from discovery.laws.uncertainty import Bootstrap, BootstrapOptions, bootstrap_law, summary
+from discovery.laws.uncertainty import Bootstrap, BootstrapOptions, summary
+from discovery.outputs.cache import cached_bootstrap
 from discovery.tasks.data import load_frame
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.spec import Task, load_task
@@ -194,9 +196,19 @@ def score_record(record: LawRecord, protocol: Protocol, validation: dict | None 
     record.metrics["test"] = _scores(test.Y, record.predict(test), "all of train")
 
 
-def attach(record: LawRecord, protocol: Protocol, options: BootstrapOptions | None = None) -> Bootstrap:
-    """Bootstrap a record's law on all of train; store intervals and test coverage on the record."""
-    boot = bootstrap_law(record.law, protocol.train, record.constants, record.specs, record.fit_options, options)
+def cache_dir(record: LawRecord) -> Path | None:
+    """Where a run's computed-once results live (None for a law fitted outside a run)."""
+    return record.run_dir / "cache" if record.run_dir is not None else None
+
+
+def attach(record: LawRecord, protocol: Protocol, options: BootstrapOptions | None = None,
+           progress: Callable[[int, int], None] | None = None, cache: bool = True) -> Bootstrap:
+    """Bootstrap a record's law on all of train (from the run's cache when it holds this very bootstrap);
+    store intervals and test coverage on the record."""
+    options = options or BootstrapOptions()
+    boot, cached = cached_bootstrap(cache_dir(record) if cache else None, record.law, protocol.train,
+                                    record.constants, record.specs, record.fit_options, options, progress)
+    record.extra["bootstrap_cached"] = cached
     test = protocol.final_test(purpose=f"report: bootstrap coverage of {record.task.name} law {record.label} on test")
     record.uncertainty = {**summary(boot, record.law, test), "intervals": boot.intervals()}
     record.extra["bootstrap"] = boot

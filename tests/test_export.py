@@ -306,14 +306,16 @@ def test_latex_structure_without_a_parser(record):
     assert PreciseLatexPrinter(digits=4).doprint(sp.Float(0.0123456)) == "0.01235"
 
 
-LATEX_COMMANDS = {  # what article + booktabs + amsmath provide, that the snippet may use
-    "begin", "end", "label", "eqref", "caption", "centering", "small", "footnotesize", "toprule", "midrule",
-    "bottomrule", "mathrm", "mathit", "frac", "left", "right", "cdot", "log", "exp", "tanh", "max", "min", "sqrt",
+LATEX_COMMANDS = {  # what article + booktabs + amsmath + longtable provide, that the snippet may use
+    "begin", "end", "label", "eqref", "caption", "centering", "small", "footnotesize", "scriptsize", "toprule",
+    "midrule", "bottomrule", "endfirsthead", "endhead", "endlastfoot", "multicolumn", "emph", "setlength",
+    "tabcolsep", "propto", "ldots",
+    "mathrm", "mathit", "frac", "left", "right", "cdot", "log", "exp", "tanh", "max", "min", "sqrt",
     "infty", "le", "ge", "times", "to", "approx", "pm", "textasciitilde", "textasciicircum", "textbackslash",
     *"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau phi chi psi omega "
     "Gamma Delta Theta Lambda Xi Pi Sigma Phi Psi Omega".split(),
 }
-ENVIRONMENTS = {"equation", "equation*", "table", "tabular"}
+ENVIRONMENTS = {"equation", "equation*", "split", "table", "tabular", "longtable"}
 
 
 def _check_latex_snippet(snippet: str) -> None:
@@ -325,25 +327,28 @@ def _check_latex_snippet(snippet: str) -> None:
     assert set(begins) <= ENVIRONMENTS
     commands = set(re.findall(r"\\([A-Za-z]+)", body))
     assert commands <= LATEX_COMMANDS, commands - LATEX_COMMANDS
-    for table in re.findall(r"\\begin\{tabular\}\{([^}]*)\}(.*?)\\end\{tabular\}", body, re.S):
+    cells = re.sub(r"\\begin\{tabular\}\[t\]\{@\{\}r@\{\}\}.*?\\end\{tabular\}", "cell", body)  # value over interval
+    for table in re.findall(r"\\begin\{(?:tabular|longtable)\}\{([^}]*)\}(.*?)\\end\{(?:tabular|longtable)\}", cells,
+                            re.S):
         spec, rows = table
         for row in rows.split(r"\\")[:-1]:
             row = re.sub(r"\\(toprule|midrule|bottomrule)", "", row).strip()
             if row:
                 assert row.count("&") - row.count(r"\&") == len(spec) - 1, row
+    body = re.sub(r"\\label\{[^}]*\}", "", body)
     text = re.sub(r"\$[^$]*\$", "", re.sub(r"\\begin\{equation\*?\}.*?\\end\{equation\*?\}", "", body, flags=re.S))
     assert not re.search(r"(?<!\\)[_%#^]", text), "unescaped special character outside math"
 
 
 def test_latex_snippet_compiles_in_a_standard_article(record, tmp_path):
     snippet = render_latex(record)
-    assert r"\usepackage{booktabs,amsmath}" in snippet and r"\toprule" in snippet
+    assert r"\usepackage{booktabs,amsmath,longtable}" in snippet and r"\toprule" in snippet
     assert "95\\%" in snippet and "coverage" in snippet.lower()
     _check_latex_snippet(snippet)
     _check_latex_snippet(render_latex(_multi_target_record()))
     if shutil.which("pdflatex") is None:
         return  # no TeX here: the structural check above stands in for compiling
-    doc = ("\\documentclass{article}\n\\usepackage{booktabs,amsmath}\n\\begin{document}\n" + snippet
+    doc = ("\\documentclass{article}\n\\usepackage{booktabs,amsmath,longtable}\n\\begin{document}\n" + snippet
            + "\\end{document}\n")
     (tmp_path / "doc.tex").write_text(doc)
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,

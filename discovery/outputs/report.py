@@ -17,9 +17,12 @@ from pathlib import Path
 
 import sympy as sp
 
+from discovery.laws.constant_roles import display_order
+from discovery.outputs.export import derived as derived_tables
 from discovery.outputs.export.latex import equation, numeric_equation, to_latex
 from discovery.outputs.export.markdown import cell
 from discovery.outputs.export.tables import constant_rows, coverage_line, fmt, metric_rows
+from discovery.outputs.labels import group_label
 from discovery.outputs.record import LawRecord, kepler_version, load_best, open_store, run_meta
 
 
@@ -86,15 +89,11 @@ def blocks(record: LawRecord, run_dir: Path, figures: dict[str, Path], protocol)
                       "selection saw). Test: constants refit on all of train, scored once on the test split."),
            _leaderboard(best)]
     out += _best_law(record)
+    out += _derived(record)
     if figures:
         out.append(Block("h2", "Figures"))
-        captions = {"observed_vs_predicted": "Observed vs predicted, by split.",
-                    "curves": "The law along the scale axis per group; shaded: extrapolation; bands: bootstrap.",
-                    "residuals": "Residuals along each variable.",
-                    "pareto": "Complexity vs validation error: every candidate, the Pareto front, the human law.",
-                    "history": "Best validation score per generation."}
         for name, path in figures.items():
-            out += [Block("img", captions.get(name, name), path=path)]
+            out += [Block("img", caption(record, name), path=path)]
     llm = best.get("llm", {})
     out += [Block("h2", "LLM usage and cost"),
             Block("p", f"{llm.get('calls', 0)} calls ({llm.get('cached', 0)} from the cache), "
@@ -107,6 +106,48 @@ def blocks(record: LawRecord, run_dir: Path, figures: dict[str, Path], protocol)
     out += [Block("h2", "Reproduce"),
             Block("p", f"`kepler discover --resume {run_dir}` replays a finished run; `kepler export {run_dir}` "
                        f"writes the best law as LaTeX, Markdown, JSON, Python, SLDBench and BibTeX.")]
+    return out
+
+
+CAPTIONS = {
+    "observed_vs_predicted": "Observed against predicted, by split (train fit part, validation, test).",
+    "isoflop": ("isoFLOP curves: the law's target against model size at fixed compute, at the observed compute "
+                "levels and 10x and 100x the largest; stars mark each curve's minimum (bar: its 95% bootstrap "
+                "interval), the dotted line the compute-optimal frontier, dashed curves the human law."),
+    "residuals": "Residuals (predicted − observed) along each variable, by split.",
+    "pareto": "Complexity against validation error: every candidate, the Pareto front, the human law.",
+    "history": "Best validation score per generation.",
+}
+
+
+def caption(record: LawRecord, name: str) -> str:
+    if name.startswith("curves_"):
+        symbol = name.removeprefix("curves_")
+        v = next((v for v in record.task.variables if v.symbol == symbol), None)
+        what = f"{v.column} (${symbol}$)" if v is not None else symbol
+        return (f"The law along {what}, the other variables held at observed settings (colour: the held "
+                "variable), with its bootstrap band; dashed: the human law; shaded: beyond the train range.")
+    return CAPTIONS.get(name, name)
+
+
+def _derived(record: LawRecord) -> list[Block]:
+    derived = record.extra.get("derived")
+    if not derived:
+        return []
+    out = [Block("h2", "Derived quantities"), Block("p", derived_tables.note([derived]))]
+    found = derived_tables.allocations([derived])
+    if found:
+        heads = [f"N_opt / D_opt at C = {fmt(b['compute'], 3)}" for b in found[0][1]["budgets"][-3:]]
+        out.append(_table(["group", "a [95%]", "b [95%]", *heads],
+                          [[group_label(a["group"]), f"{fmt(a['a'], 3)} {derived_tables.interval(a.get('a_95'))}",
+                            f"{fmt(a['b'], 3)} {derived_tables.interval(a.get('b_95'))}",
+                            *[f"{fmt(b['n_opt'], 3)} / {fmt(b['d_opt'], 3)}" for b in a["budgets"][-3:]]]
+                           for _, a in found]))
+    rows = [[group_label(p["group"]), p["at"], ", ".join(f"{k}={fmt(v, 3)}" for k, v in p["point"].items()),
+             fmt(p["value"], 4), derived_tables.interval(p["law_band_95"], 4),
+             derived_tables.interval(p["prediction_band_95"], 4)]
+            for p in derived["predictions"][:48]]
+    out.append(_table(["group", "at", "point", "prediction", "law band", "prediction band"], rows))
     return out
 
 
@@ -126,8 +167,9 @@ def _leaderboard(best: dict) -> Block:
 
 
 def _best_law(record: LawRecord) -> list[Block]:
-    names = [f"${to_latex(c)}$" for c in record.law.constants]
-    const_rows = [[label, *[cell(c) for c in cells]] for label, cells in constant_rows(record)]
+    order = display_order(record.law)
+    names = [f"${to_latex(record.law.constants[i])}$" for i in order]
+    const_rows = [[group_label(label), *[cell(cells[i]) for i in order]] for label, cells in constant_rows(record)]
     out = [Block("h2", f"Best law: {record.label}"), Block("math", equation(record)),
            Block("p", f"Formula `{record.law.text}`; canonical `{record.law.canonical}`; "
                       f"{len(record.law.constants)} constants; complexity {record.law.complexity}.")]

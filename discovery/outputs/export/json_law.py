@@ -78,6 +78,7 @@ def to_dict(record: LawRecord) -> dict:
         "run": {"dir": str(record.run_dir) if record.run_dir else None, "candidate_id": record.candidate_id,
                 "role": record.role, "proposer": record.proposer},
         "seed": record.seed,
+        "derived": record.extra.get("derived"),
     })
 
 

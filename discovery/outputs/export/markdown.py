@@ -4,8 +4,11 @@ The equation is SymPy's LaTeX inside `$$ ... $$` (GitHub renders it); tables are
 """
 from __future__ import annotations
 
+from discovery.laws.constant_roles import display_order
+from discovery.outputs.export import derived as derived_tables
 from discovery.outputs.export.latex import equation, numeric_equation, to_latex
-from discovery.outputs.export.tables import Cell, cell_text, constant_rows, coverage_line, fmt, metric_rows
+from discovery.outputs.export.tables import Cell, cell_text, constant_rows, coverage_line, fmt, md_table, metric_rows
+from discovery.outputs.labels import group_label
 from discovery.outputs.record import LawRecord, kepler_version
 
 
@@ -14,24 +17,20 @@ def cell(c: Cell, digits: int = 4) -> str:
     return value if low is None else f"{value} [{low}, {high}]"
 
 
-def _esc(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+table = md_table
 
 
 def constants_table(record: LawRecord, digits: int = 4) -> str:
+    """Constants in display order (amplitudes, exponents, offsets, others); a row per constant when there are
+    more constants than groups, else a row per group."""
     rows = constant_rows(record)
-    names = [f"${to_latex(c)}$" for c in record.law.constants]
+    order = display_order(record.law)
+    names = [f"${to_latex(record.law.constants[i])}$" for i in order]
     if len(names) > len(rows):
-        return table(["constant", *[lbl for lbl, _ in rows]],
-                     [[names[i], *[cell(cells[i], digits) for _, cells in rows]] for i in range(len(names))])
+        return table(["constant", *[group_label(lbl) for lbl, _ in rows]],
+                     [[names[k], *[cell(cells[i], digits) for _, cells in rows]] for k, i in enumerate(order)])
     first = "group" if len(record.targets) == 1 else "group/target"
-    return table([first, *names], [[lbl, *[cell(c, digits) for c in cells]] for lbl, cells in rows])
+    return table([first, *names], [[group_label(lbl), *[cell(cells[i], digits) for i in order]] for lbl, cells in rows])
 
 
 def metrics_table(record: LawRecord) -> str:
@@ -64,6 +63,8 @@ def render(record: LawRecord, digits: int = 4) -> str:
     note = coverage_line(record)
     if note:
         parts += [note, ""]
-    parts += ["### Scores (SLDBench definitions)", "", metrics_table(record), "",
-              f"Data: {task.paper}. Exported by Kepler {kepler_version()}, seed {record.seed}.", ""]
+    parts += ["### Scores (SLDBench definitions)", "", metrics_table(record), ""]
+    if record.extra.get("derived"):
+        parts += ["### Derived quantities", "", derived_tables.markdown([record.extra["derived"]]), ""]
+    parts += [f"Data: {task.paper}. Exported by Kepler {kepler_version()}, seed {record.seed}.", ""]
     return "\n".join(parts)

@@ -54,6 +54,13 @@ def cell_text(c: Cell, digits: int = 4) -> tuple[str, str | None, str | None]:
     return fmt(c.value, max(digits, d)), fmt(c.low, d), fmt(c.high, d)
 
 
+def md_table(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown pipe table (pipes inside cells escaped)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def constant_rows(record: LawRecord) -> list[tuple[str, list[Cell]]]:
     """(row label, one Cell per constant in canonical order) for every (group, target)."""
     intervals = (record.uncertainty or {}).get("intervals", {})

@@ -1,4 +1,4 @@
-"""Chinchilla replication check: Kepler's bootstrap intervals beside Epoch AI's (Besiroglu et al. 2024).
+"""Chinchilla replication check: Kepler's bootstrap intervals and compute-optimal exponents beside Epoch AI's.
 
 Epoch's method, as the task file records it: L = E + A/N**alpha + B/D**beta, Huber loss (delta = 1e-3)
 on log loss, the 5 highest-loss runs dropped, fitted on all 245 extracted points; 95% bootstrap
@@ -7,6 +7,9 @@ Kepler fits the same law with the same settings (the task's "Besiroglu et al. 20
 and bootstraps it with `discovery.laws.uncertainty.bootstrap_law`. Two data settings are reported:
   all:   all 245 rows, Epoch's setting (this reads the task's test rows: a replication, not a benchmark);
   train: Kepler's train split only (225 rows, flops <= 1.1e21).
+Beside the constants: the compute-optimal exponents a and b of N_opt ∝ C^a, D_opt ∝ C^b under C = 6ND, found
+numerically by `discovery.outputs.derive.allocation` (as `kepler derive` does) with 95% bootstrap intervals, and
+Epoch's a = beta/(alpha + beta) from their published constants (PROVENANCE.md gives no interval for a or b).
 
     python benchmarks/chinchilla_bootstrap.py [--resamples 1000] [--jobs 2] [--json out.json]
 """
@@ -21,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from discovery.laws.fit import FitOptions, fit_law  # noqa: E402
 from discovery.laws.uncertainty import BootstrapOptions, bootstrap_law  # noqa: E402
+from discovery.outputs.derive import allocation  # noqa: E402
+from discovery.outputs.record import LawRecord  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
 from discovery.tasks.dataset import Dataset  # noqa: E402
 from discovery.tasks.spec import load_task  # noqa: E402
@@ -44,10 +49,17 @@ def run(data: Dataset, resamples: int, jobs: int, seed: int) -> dict:
     key = next(iter(point))
     names = [c.name for c in law.constants]
     iv = boot.intervals()[key]
+    record = LawRecord(task=task, law=law, constants=point, specs=human.constants, fit_options=opts, metrics={},
+                       label=human.name)
+    (alloc,) = allocation(record, data, boot)
+    epoch_a = EPOCH_POINT["beta"] / (EPOCH_POINT["alpha"] + EPOCH_POINT["beta"])
     return {
         "rows": len(data), "seconds": round(boot.seconds, 2), "ok_resamples": boot.n_ok(key),
         "constants": {n: {"kepler_point": float(point[key][i]), "kepler_95": [float(iv[i, 0]), float(iv[i, 1])],
                           "epoch_point": EPOCH_POINT[n], "epoch_95": list(EPOCH[n])} for i, n in enumerate(names)},
+        "allocation": {"a": alloc.a, "a_95": list(alloc.interval(alloc.a_samples)), "b": alloc.b,
+                       "b_95": list(alloc.interval(alloc.b_samples)), "epoch_a": epoch_a, "epoch_b": 1 - epoch_a,
+                       "resamples": alloc.ok_resamples},
     }
 
 
@@ -59,6 +71,10 @@ def _table(title: str, res: dict) -> str:
         k, e = c["kepler_95"], c["epoch_95"]
         lines.append(f"{n:6} {c['kepler_point']:13.4g} {f'({k[0]:.4g}, {k[1]:.4g})':>24} {c['epoch_point']:12.4g} "
                      f"{f'({e[0]:.4g}, {e[1]:.4g})':>20}")
+    a = res["allocation"]
+    for n in ("a", "b"):
+        lo, hi = a[f"{n}_95"]
+        lines.append(f"{n:6} {a[n]:13.4g} {f'({lo:.4g}, {hi:.4g})':>24} {a[f'epoch_{n}']:12.4g} {'–':>20}")
     return "\n".join(lines)
 
 

@@ -46,6 +46,9 @@ class Variable(Strict):
     monotone: Literal["decreasing", "increasing"] | None = Field(
         default=None, description="known direction of every target as this variable grows, all else fixed "
                                   "(e.g. loss vs parameters: decreasing); laws that break it rank last")
+    role: Literal["model_size", "data"] | None = Field(
+        default=None, description="what the variable is for compute-optimal allocation (`kepler derive`): "
+                                  "model size N or training data D; without any role, the symbols N and D")
 
     @field_validator("symbol")
     @classmethod

@@ -10,7 +10,7 @@ import sys
 
 from rich.markup import escape
 
-from discovery.cli import bench, discover, fit, papers, sweep, tasks
+from discovery.cli import bench, derive, discover, fit, papers, sweep, tasks
 from discovery.cli.console import make_console
 from discovery.tasks.spec import TaskError
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kepler", description="Discover scaling laws from experimental data.")
     parser.add_argument("--version", action="version", version=f"kepler {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (tasks, fit, bench, discover, papers, sweep):
+    for commands in (tasks, fit, bench, discover, papers, derive, sweep):
         commands.add_commands(sub)
     return parser
 

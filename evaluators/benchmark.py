@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import sqlite3
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -181,16 +184,26 @@ def write_results(rows: list[BenchRow], out_dir: Path) -> list[Path]:
 @dataclass
 class LeaderRow:
     task: str
-    entry: str  # human (published) | human (Kepler fit) | discovered
-    law: str  # the human law's name, or "<run dir> #<candidate id>"
+    entry: str  # human (published) | human (Kepler fit) | discovered | discovered (over seeds) | discovered (best)
+    law: str  # the human law's name, "<run dir> #<candidate id>", or the proposer for rows over seeds
     formula: str
-    r2: float | None  # test split
+    r2: float | None  # test split (over seeds: the mean)
     nmse: float | None
     nmae: float | None
-    n_constants: int
-    complexity: int
+    n_constants: float
+    complexity: float
     validation_r2: float | None
     source: str  # where the test numbers come from
+    proposer: str = ""
+    seed: int | None = None
+    runs: int = 1  # over seeds: how many runs
+    seeds: str = ""
+    r2_sd: float | None = None
+    r2_min: float | None = None
+    r2_max: float | None = None
+    nmse_sd: float | None = None
+    nmse_min: float | None = None
+    nmse_max: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -229,8 +242,88 @@ def _human_rows(task: Task, rows: list[BenchRow]) -> list[LeaderRow]:
     return out
 
 
+# settings that do not change what a run finds (where it writes, how its fits are spread out)
+_NOT_RESULTS = {"seed", "out", "resume", "llm_cache_dir", "executor", "workers", "scheduler", "base_url", "replay_only",
+                "llm_timeout", "structured"}
+
+
+def run_settings(run_dir: Path) -> dict:
+    """The campaign settings of a run (from its store), without those that do not change its result."""
+    path = Path(run_dir) / "campaign.sqlite"
+    if not path.is_file():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        finally:
+            db.close()
+        settings = json.loads(row[0]) if row else {}
+    except (sqlite3.Error, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in settings.items() if k not in _NOT_RESULTS} if isinstance(settings, dict) else {}
+
+
+def _stats(values: list[float | None]) -> tuple[float | None, float | None, float | None, float | None]:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return None, None, None, None
+    return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else None, min(v), max(v)
+
+
+def over_seeds(task: str, runs: list[tuple[Path, dict]], label: str) -> list[LeaderRow]:
+    """Runs of one task, proposer and settings that differ only in seed: the mean (± sd, min, max) of their
+    test scores, and the run that is best on validation (never chosen on test)."""
+    bests = [best["best"] for _, best in runs]
+    r2, r2_sd, r2_min, r2_max = _stats([b["test"]["r2"] for b in bests])
+    nmse, nmse_sd, nmse_min, nmse_max = _stats([b["test"]["nmse"] for b in bests])
+    nmae = _stats([b["test"]["nmae"] for b in bests])[0]
+    seeds = ",".join(str(best.get("seed", "?")) for _, best in runs)
+    proposer = runs[0][1].get("proposer", "?")
+    mean = LeaderRow(task, "discovered (over seeds)", label, "", r2, nmse, nmae,
+                     statistics.fmean(b["n_constants"] for b in bests),
+                     statistics.fmean(b["complexity"] for b in bests),
+                     _stats([b["validation"]["r2"] for b in bests])[0],
+                     f"mean over {len(runs)} seeds ({seeds}) of the best law of each run", proposer=proposer,
+                     runs=len(runs), seeds=seeds, r2_sd=r2_sd, r2_min=r2_min, r2_max=r2_max, nmse_sd=nmse_sd,
+                     nmse_min=nmse_min, nmse_max=nmse_max)
+    ranked = [(b["validation"]["r2"], i) for i, b in enumerate(bests) if b["validation"]["r2"] is not None]
+    out = [mean]
+    if ranked:
+        i = max(ranked)[1]
+        run_dir, best = runs[i]
+        b = best["best"]
+        out.append(LeaderRow(task, "discovered (best)", f"{run_dir} #{b['id']}", b["formula"], b["test"]["r2"],
+                             b["test"]["nmse"], b["test"]["nmae"], b["n_constants"], b["complexity"],
+                             b["validation"]["r2"], f"the run of the {len(runs)} best on validation (seed "
+                             f"{best.get('seed', '?')}), scored once on test", proposer=proposer,
+                             seed=best.get("seed"), seeds=seeds, runs=len(runs)))
+    return out
+
+
+def _groups(task_runs: list[tuple[Path, dict]]) -> list[tuple[str, list[tuple[Path, dict]]]]:
+    """Runs grouped by proposer, model and settings, labelled by what tells the groups apart."""
+    groups: dict[str, list] = {}
+    settings: dict[str, dict] = {}
+    for run_dir, best in task_runs:
+        s = run_settings(run_dir)
+        key = json.dumps({"proposer": best.get("proposer"), **s}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append((run_dir, best))
+        settings[key] = {"proposer": best.get("proposer"), **s}
+    varying = {k for s in settings.values() for k in s if len({json.dumps(t.get(k), default=str)
+                                                               for t in settings.values()}) > 1}
+    out = []
+    for key, members in groups.items():
+        s = settings[key]
+        label = str(s.get("proposer") or "?") + (f" {s['model']}" if s.get("model") else "")
+        extra = [f"{k}={s.get(k)}" for k in sorted(varying - {"proposer", "model"})]
+        out.append((label + (f" ({', '.join(extra)})" if extra else ""), members))
+    return out
+
+
 def leaderboard(rows: list[BenchRow], runs_root: Path) -> list[LeaderRow]:
-    """Per task: the human laws (published; Kepler fit) and the best discovered law of every finished run."""
+    """Per task: the human laws (published; Kepler fit), the best discovered law of every finished run, and per
+    proposer and settings the runs over seeds (mean, sd, min, max; and the best on validation)."""
     runs = finished_runs(runs_root)
     names = list(dict.fromkeys([r.task for r in rows] + [best["task"] for _, best in runs]))
     board: list[LeaderRow] = []
@@ -239,16 +332,31 @@ def leaderboard(rows: list[BenchRow], runs_root: Path) -> list[LeaderRow]:
             board.extend(_human_rows(load_task(name), rows))
         except ValueError:  # a run of a task that is no longer installed: its discovered rows still count
             pass
-        for run_dir, best in runs:
-            if best["task"] != name:
-                continue
+        task_runs = [(d, b) for d, b in runs if b["task"] == name]
+        for run_dir, best in task_runs:
             b = best["best"]
             board.append(LeaderRow(name, "discovered", f"{run_dir} #{b['id']}", b["formula"], b["test"]["r2"],
                                    b["test"]["nmse"], b["test"]["nmae"], b["n_constants"], b["complexity"],
                                    b["validation"]["r2"],
                                    f"{best.get('proposer', '?')} seed {best.get('seed', '?')}: selected on validation, "
-                                   "refit on train, scored once on test"))
+                                   "refit on train, scored once on test", proposer=best.get("proposer", ""),
+                                   seed=best.get("seed")))
+        for label, members in _groups(task_runs):
+            board.extend(over_seeds(name, members, label))
     return board
+
+
+def spread(mean: float | None, sd: float | None, lo: float | None, hi: float | None, digits: int = 4) -> str:
+    """`mean ± sd [min, max]` (just the mean for a single run)."""
+    if mean is None:
+        return "–"
+    text = _fmt(mean, digits) + (f" ± {_fmt(sd, digits)}" if sd is not None else "")
+    ends = lo is not None and hi is not None and lo != hi
+    return text + (f" [{_fmt(lo, digits)}, {_fmt(hi, digits)}]" if ends else "")
+
+
+def _count(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
 def leaderboard_markdown(board: list[LeaderRow]) -> str:
@@ -256,8 +364,12 @@ def leaderboard_markdown(board: list[LeaderRow]) -> str:
              "| NMAE test |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in board:
-        lines.append(f"| {r.task} | {r.entry} | {r.law} | `{r.formula}` | {r.n_constants} | {r.complexity} | "
-                     f"{_fmt(r.validation_r2, 4)} | {_fmt(r.r2, 4)} | {_fmt(r.nmse, 4)} | {_fmt(r.nmae, 4)} |")
+        formula = f"`{r.formula}`" if r.formula else f"{r.runs} runs, seeds {r.seeds}"
+        r2 = spread(r.r2, r.r2_sd, r.r2_min, r.r2_max) if r.entry == "discovered (over seeds)" else _fmt(r.r2, 4)
+        nmse = (spread(r.nmse, r.nmse_sd, r.nmse_min, r.nmse_max) if r.entry == "discovered (over seeds)"
+                else _fmt(r.nmse, 4))
+        lines.append(f"| {r.task} | {r.entry} | {r.law} | {formula} | {_count(r.n_constants)} | "
+                     f"{_count(r.complexity)} | {_fmt(r.validation_r2, 4)} | {r2} | {nmse} | {_fmt(r.nmae, 4)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +377,7 @@ def write_leaderboard(board: list[LeaderRow], out_dir: Path) -> list[Path]:
     header = ("# Leaderboard: human laws vs discovered laws on the official test split\n\n"
               "Per task: the human law with the paper's constants (or its published R²), the human law fitted on train "
               "by Kepler, and the best law of every finished discovery run (selected on validation only, refit on "
-              "all of train, scored once on test). Metrics as SLDBench defines them.\n\n")
+              "all of train, scored once on test); for runs that differ only in their seed, the mean ± sd [min, max] "
+              "over seeds and the run that is best on validation. Metrics as SLDBench defines them.\n\n")
     return _write_tables(board, list(LeaderRow.__dataclass_fields__), out_dir, "leaderboard",
                          header + leaderboard_markdown(board))

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,7 @@ from evaluators.protocol import Protocol
 
 SMALL = dict(generations=2, population=6, islands=1, children=6, fit_starts=16, executor="serial")
 matplotlib.use("Agg")  # the smoke tests render headless; discovery.outputs.plots itself never touches pyplot
-FIGURES = ["observed_vs_predicted", "curves", "residuals", "pareto", "history"]
+FIGURES = ["observed_vs_predicted", "curves_N", "curves_P", "residuals", "pareto", "history"]
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +42,45 @@ def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_command_writes_every_figure_as_png_and_pdf(runs, tmp_path):
+def _fonts_ok(pdf: Path) -> bool:
+    """Every font embedded as TrueType (Type 42), none as Type 3 (what journals refuse)."""
+    data = pdf.read_bytes()
+    return b"/Type3" not in data and b"/FontFile2" in data
+
+
+def test_plot_command_writes_every_figure_as_png_and_pdf(runs, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["plot", str(runs / "par"), "--bootstrap", "40", "--jobs", "1", "--out", str(out)]) == 0
     for name in FIGURES:
         png, pdf = out / f"{name}.png", out / f"{name}.pdf"
         assert png.stat().st_size > 10_000 and _is_png(png), name
         assert pdf.stat().st_size > 2_000 and pdf.read_bytes()[:5] == b"%PDF-", name
+        assert _fonts_ok(pdf), name
+    assert not (out / "isoflop.png").exists()  # parallel_scaling_law has no data variable: no isoFLOP figure
+    capsys.readouterr()
+    # the bootstrap was computed once and kept in the run directory; export and report reuse it
+    assert main(["export", str(runs / "par"), "--bootstrap", "40", "--jobs", "1", "--out", str(tmp_path / "x"),
+                 "--format", "json"]) == 0
+    assert "from the run's cache" in capsys.readouterr().err
+    assert len(list((runs / "par" / "cache").glob("bootstrap-*.npz"))) == 1
+    exported = json.loads((tmp_path / "x" / "law.json").read_text())
+    assert exported["derived"]["allocation"] is None and exported["derived"]["predictions"]
+
+
+def test_derive_command_predicts_at_user_points_with_bands(runs, tmp_path, capsys):
+    out = tmp_path / "derive"
+    args = ["derive", str(runs / "par"), "--bootstrap", "40", "--jobs", "1", "--out", str(out)]
+    assert main([*args, "--at", "N=1e10,P=8", "--json"]) == 0
+    derived = json.loads(capsys.readouterr().out)
+    assert [d["law"] for d in derived][1:] == ["parscale"] and derived[0]["law"].startswith("discovered #")
+    assert "no model-size and data variables" in derived[0]["allocation_note"]
+    user = [p for p in derived[0]["predictions"] if p["at"] == "user point"]
+    assert len(user) == len({p["group"] for p in derived[0]["predictions"]}) and user[0]["point"]["N"] == 1e10
+    lo, hi = user[0]["prediction_band_95"]
+    assert lo < user[0]["value"] < hi
+    assert {"derived.json", "derived.md", "derived.tex"} <= {p.name for p in out.iterdir()}
+    assert main([*args, "--at", "N=1e10,Q=8"]) == 2
+    assert "unknown variable 'Q'" in " ".join(capsys.readouterr().err.split())
 
 
 def test_figures_render_with_agg_for_several_targets_without_a_run(tmp_path):
@@ -61,7 +94,7 @@ def test_figures_render_with_agg_for_several_targets_without_a_run(tmp_path):
     record = record_from_law(task, law, fit, human.constants, opts, protocol, label=human.name)
     boot = attach(record, protocol, BootstrapOptions(n_resamples=30, n_jobs=1))
     written = plot_all(record, splits_of(protocol, "test_plots_report"), tmp_path, boot, formats=("png",))
-    assert sorted(written) == ["curves", "observed_vs_predicted", "residuals"]
+    assert sorted(written) == ["curves_logC", "observed_vs_predicted", "residuals"]
     assert all(_is_png(p) and p.stat().st_size > 10_000 for paths in written.values() for p in paths)
     assert matplotlib.get_backend().lower() == "agg"
 
@@ -84,12 +117,42 @@ def test_report_is_self_contained(runs, tmp_path):
     assert page.count("<table>") == page.count("</table>") >= 5
 
 
+def test_figures_of_a_law_in_n_and_d_overlay_the_human_law_and_add_an_isoflop_figure(tmp_path):
+    """Chinchilla: curves along N and along D with the human law on the same axes, and the isoFLOP figure;
+    explanations in legends (no figure title), Type 42 fonts only."""
+    from discovery.outputs.labels import group_label
+    from discovery.outputs.plots import figures_of, save
+
+    task = load_task("chinchilla_approach3")
+    protocol = Protocol(task, load_frame(task))
+    fits = []
+    for human in task.human_laws:
+        law = parse_human_law(task, human)
+        opts = FitOptions.from_settings(human.fit, n_starts=16)
+        fits.append(record_from_law(task, law, fit_law(law, protocol.train, task.targets, human.constants, opts),
+                                    human.constants, opts, protocol, label=human.name))
+    record, human = fits
+    boot = attach(record, protocol, BootstrapOptions(n_resamples=30, n_jobs=1))
+    figures = figures_of(record, splits_of(protocol, "test_plots_report"), boot, human=human)
+    assert list(figures) == ["observed_vs_predicted", "curves_N", "curves_D", "isoflop", "residuals"]
+    for name in ("curves_N", "isoflop"):
+        fig = figures[name]()
+        assert fig._suptitle is None and fig.legends
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert any(human.label in t for t in labels) and any("test (20)" in t for t in labels)
+        assert any("(parameters)" in ax.get_xlabel() for ax in fig.axes)
+        pdf = save(fig, tmp_path, name, ("pdf",))[0]
+        assert _fonts_ok(pdf)
+    assert group_label("('MBZUAI/LaMini-GPT-124M', 'flan')") == "LaMini-GPT-124M, flan"
+
+
 def test_bench_with_runs_adds_discovered_laws_to_the_human_leaderboard(runs, tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["bench", "parallel_scaling_law", "--runs", str(runs), "--out", str(out), "--json"]) == 0
     board = json.loads(capsys.readouterr().out)
     entries = [r["entry"] for r in board if r["task"] == "parallel_scaling_law"]
-    assert entries == ["human (published)", "human (Kepler fit)", "discovered"]
+    assert entries == ["human (published)", "human (Kepler fit)", "discovered", "discovered (over seeds)",
+                       "discovered (best)"]
     best = json.loads((runs / "par" / "best.json").read_text())["best"]
     found = next(r for r in board if r["entry"] == "discovered")
     assert found["r2"] == best["test"]["r2"] and found["n_constants"] == best["n_constants"]
@@ -101,3 +164,31 @@ def test_bench_with_runs_adds_discovered_laws_to_the_human_leaderboard(runs, tmp
     with (out / "leaderboard.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(board)
     assert "| discovered |" in (out / "leaderboard.md").read_text()
+
+
+def test_bench_aggregates_runs_over_seeds_and_writes_a_booktabs_leaderboard(runs, tmp_path, capsys):
+    """Two runs of one task and proposer that differ only in seed: one row with mean ± sd, min, max of their
+    test scores, one with the run best on validation; the LaTeX leaderboard has them as booktabs rows."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "par", root / "a")
+    shutil.copytree(runs / "par", root / "b")
+    best = json.loads((root / "b" / "best.json").read_text())
+    best["seed"] = 7
+    best["best"]["test"]["r2"] -= 0.1
+    best["best"]["validation"]["r2"] += 0.01  # b is better on validation, worse on test
+    (root / "b" / "best.json").write_text(json.dumps(best))
+    r2 = [json.loads((root / d / "best.json").read_text())["best"]["test"]["r2"] for d in "ab"]
+    out = tmp_path / "bench"
+    assert main(["bench", "parallel_scaling_law", "--runs", str(root), "--out", str(out), "--json"]) == 0
+    board = json.loads(capsys.readouterr().out)
+    over = next(r for r in board if r["entry"] == "discovered (over seeds)")
+    assert over["runs"] == 2 and over["seeds"] == "1,7" and over["law"] == "offline"
+    assert over["r2"] == pytest.approx(sum(r2) / 2) and over["r2_sd"] == pytest.approx(0.1 / 2 ** 0.5)
+    assert (over["r2_min"], over["r2_max"]) == (min(r2), max(r2))
+    chosen = next(r for r in board if r["entry"] == "discovered (best)")
+    assert chosen["seed"] == 7 and chosen["r2"] == pytest.approx(min(r2))  # chosen on validation, not on test
+    tex = (out / "leaderboard.tex").read_text()
+    assert main(["bench", "parallel_scaling_law", "--runs", str(root), "--out", str(out), "--format", "latex"]) == 0
+    assert capsys.readouterr().out == tex
+    assert r"\toprule" in tex and r"\label{tab:kepler-leaderboard}" in tex
+    assert "mean $\\pm$ sd over 2 seeds" in tex and "fitted by Kepler" in tex and "published" in tex

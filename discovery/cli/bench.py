@@ -10,7 +10,7 @@ from rich.table import Table
 from discovery.cli.console import make_console, num
 from discovery.cli.owndata import add_options as add_owndata_options
 from discovery.cli.tasks import report_broken
-from discovery.tasks.spec import list_tasks
+from discovery.tasks.spec import list_tasks, load_task
 
 console = make_console()
 
@@ -63,23 +63,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def bench_with_runs(args: argparse.Namespace, rows: list, paths: list[Path]) -> int:
     """Extend the human-law bench with the best discovered law of every finished run under --runs."""
-    from evaluators.benchmark import leaderboard, write_leaderboard
+    from discovery.outputs.export.leaderboard import render
+    from evaluators.benchmark import leaderboard, spread, write_leaderboard
 
     board = leaderboard(rows, Path(args.runs))
     paths = [*paths, *write_leaderboard(board, Path(args.out))]
+    tex = Path(args.out) / "leaderboard.tex"
+    known = set(list_tasks())
+    tex.write_text(render(board, {n: load_task(n).title for n in dict.fromkeys(r.task for r in board) if n in known}))
+    paths.append(tex)
     if args.json:
         print(json.dumps([r.as_dict() for r in board], indent=2))
         return 0
-    table = Table(title=f"Leaderboard: human vs discovered laws on the test split (runs under {args.runs})")
+    if args.format == "latex":
+        print(tex.read_text(), end="")
+        return 0
+    table = Table(title=f"Leaderboard: human vs discovered laws on the test split (runs under {args.runs}; "
+                        "over seeds: mean ± sd [min, max])")
     for col in ("task", "entry", "law", "constants", "complexity", "R² val", "R² test", "NMSE", "NMAE"):
         table.add_column(col, overflow="fold")
-    num = lambda x, d=4: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
     for r in board:
-        table.add_row(r.task, r.entry, r.law, str(r.n_constants), str(r.complexity), num(r.validation_r2),
-                      num(r.r2), num(r.nmse), num(r.nmae))
+        if r.entry == "discovered" and args.format != "runs":
+            continue  # each run: with --format runs (all of them are in leaderboard.md/.csv/.json)
+        over = r.entry == "discovered (over seeds)"
+        table.add_row(r.task, r.entry, r.law, _count(r.n_constants), _count(r.complexity), num(r.validation_r2),
+                      spread(r.r2, r.r2_sd, r.r2_min, r.r2_max) if over else num(r.r2),
+                      spread(r.nmse, r.nmse_sd, r.nmse_min, r.nmse_max) if over else num(r.nmse), num(r.nmae))
     console.print(table)
     console.print(f"written: {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _count(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
 def add_commands(sub) -> None:
@@ -90,5 +106,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--runs", metavar="DIR", help="add the best discovered law of every finished run under DIR")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=["table", "runs", "latex"], default="table",
+                   help="with --runs: table (aggregates over seeds), runs (every run too), latex (print the booktabs "
+                        "leaderboard; leaderboard.tex is written in every case)")
     add_owndata_options(p)
     p.set_defaults(func=cmd_bench)

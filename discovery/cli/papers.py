@@ -96,7 +96,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / "figures"
     written = plot_all(record, splits_of(protocol, "kepler plot: mark test points"), out, boot,
                        run_dir=Path(args.run_dir), formats=tuple(args.image_format),
-                       human=_human(record, protocol, args))
+                       human=_human(record, protocol, args), only=args.only)
     for paths in written.values():
         for p in paths:
             console.print(f"written: {p}")
@@ -111,7 +111,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     _derived(record, protocol, boot)
     out = Path(args.out) if args.out else Path(args.run_dir)
     written = plot_all(record, splits_of(protocol, "kepler report: figures"), out / "figures", boot,
-                       run_dir=Path(args.run_dir), formats=("png", "pdf"), human=_human(record, protocol, args))
+                       run_dir=Path(args.run_dir), formats=tuple(dict.fromkeys(["png", *args.image_format])),
+                       human=_human(record, protocol, args))
     pngs = {name: next(p for p in paths if p.suffix == ".png") for name, paths in written.items()}
     for p in write_report(record, Path(args.run_dir), out, pngs, protocol):
         console.print(f"written: {p}")
@@ -142,9 +143,12 @@ def add_commands(sub) -> None:
     common_arguments(p)
     p.add_argument("--no-human", action="store_true", help="do not draw the human law beside the discovered one")
     p.add_argument("--image-format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
+    p.add_argument("--only", nargs="+", metavar="FIGURE", help="only these figures (e.g. isoflop curves_N)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("report", help="report.md and a self-contained report.html for a run")
     common_arguments(p)
+    p.add_argument("--image-format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
+                   help="figure files written beside the report (PNG is always written: the report embeds it)")
     p.add_argument("--no-human", action="store_true", help="do not draw the human law beside the discovered one")
     p.set_defaults(func=cmd_report)

@@ -36,8 +36,9 @@ from discovery.tasks.values import ConstantSpec
 
 Key = tuple[str, int]
 METHODS = ("batch", "refit")
-# resamples x rows under which starting processes costs more than it saves (refits one by one; batched)
-SERIAL_BELOW = {"refit": 200_000, "batch": 5_000_000}
+# work under which starting processes costs more than it saves: resamples x rows for refits one by one,
+# resamples x rows x constants for the batch (its steps cost in proportion to the Jacobian's size)
+SERIAL_BELOW = {"refit": 200_000, "batch": 10_000_000}
 _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -274,10 +275,10 @@ def bootstrap_law(law: Law, data: Dataset, point: dict[Key, np.ndarray], specs: 
     pools = _pools(law, data, point, fit_options.drop_highest_targets)
     warm = refit_options(fit_options, options)
     B = options.n_resamples
-    jobs_n = options.n_jobs or (1 if B * len(data) < SERIAL_BELOW[options.method] else os.cpu_count() or 1)
+    work = B * len(data) * (len(law.constants) if options.method == "batch" else 1)
+    jobs_n = options.n_jobs or (1 if work < SERIAL_BELOW[options.method] else os.cpu_count() or 1)
     jobs_n = max(1, min(jobs_n, B))
-    # several pieces per process, so progress moves and a slow piece does not hold the others back
-    pieces = max(1, min(B, 2 * jobs_n if jobs_n > 1 else 1))
+    pieces = max(1, min(B, jobs_n))
     chunks = [list(map(int, c)) for c in np.array_split(np.arange(B), pieces) if len(c)]
     symbols = [v.name for v in law.variables]
     jobs = [_Job(law.text, symbols, specs, warm, pools, point, options.seed, c, options.method, options.max_iter,

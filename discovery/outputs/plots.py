@@ -53,12 +53,15 @@ def figures_of(record: LawRecord, splits: dict[str, Dataset], boot: Bootstrap | 
 
 def plot_all(record: LawRecord, splits: dict[str, Dataset], out_dir: Path, boot: Bootstrap | None = None,
              run_dir: Path | None = None, formats: tuple[str, ...] = ("png", "pdf"), human: LawRecord | None = None,
-             cost: str | None = None) -> dict[str, list[Path]]:
-    """Write every figure; returns {figure name: paths}. Pareto and history need `run_dir`."""
-    out = {}
-    for name, make in figures_of(record, splits, boot, run_dir, human, cost).items():
-        out[name] = save(make(), Path(out_dir), name, formats)
-    return out
+             cost: str | None = None, only: list[str] | None = None) -> dict[str, list[Path]]:
+    """Write every figure (or those named in `only`); returns {figure name: paths}. Pareto and history need
+    `run_dir`."""
+    figures = figures_of(record, splits, boot, run_dir, human, cost)
+    unknown = sorted(set(only or []) - set(figures))
+    if unknown:
+        raise ValueError(f"no figure {', '.join(unknown)} for this law; its figures: {', '.join(figures)}")
+    return {name: save(make(), Path(out_dir), name, formats) for name, make in figures.items()
+            if not only or name in only}
 
 
 def splits_of(protocol, purpose: str) -> dict[str, Dataset]:

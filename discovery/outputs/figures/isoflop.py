@@ -1,7 +1,8 @@
 """isoFLOP curves: the law's loss against model size N at fixed compute C = 6ND (or the user's cost).
 
-For laws in N and D. Budgets: the observed compute levels of the train rows (at most six, spread over
-their range) and 10x and 100x the largest; each curve's minimum is marked, with the 95% bootstrap
+For laws in N and D. Budgets: the observed compute levels of the train rows when they come in isoFLOP
+groups (at most six, spread over their range; else six levels over the train range), then 10x and 100x
+the largest; each curve's minimum is marked, with the 95% bootstrap
 interval of N_opt as a horizontal bar, and a dotted line joins the minima (the compute-optimal
 frontier). The human law's curves are dashed. Observed rows are coloured by their compute; rows whose
 other variables are not at the held values are faded.
@@ -29,14 +30,19 @@ MAX_OBSERVED = 6
 GRID = 200
 
 
-def budgets(compute: np.ndarray) -> tuple[np.ndarray, int]:
-    """(budgets, how many of them are observed levels): observed compute clusters, then 10x and 100x."""
+def budgets(compute: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """(budgets, how many lie in the train range, whether they are observed levels): the observed compute
+    levels when the data come in isoFLOP groups (at least four clusters), else levels spread evenly over the
+    observed range; then 10x and 100x the largest."""
     c = compute[np.isfinite(compute) & (compute > 0)]
     ids = clusters(c, gap=0.15)
     levels = np.array(sorted(np.median(c[ids == i]) for i in np.unique(ids)))
+    observed = len(levels) >= 4
+    if not observed:
+        levels = np.geomspace(c.min(), c.max(), MAX_OBSERVED)
     targets = np.geomspace(levels[0], levels[-1], min(MAX_OBSERVED, len(levels)))  # evenly spread in log C
     pick = levels[np.unique([np.argmin(np.abs(np.log(levels / t))) for t in targets])]
-    return np.concatenate([pick, c.max() * np.array(derive.FACTORS)]), len(pick)
+    return np.concatenate([pick, c.max() * np.array(derive.FACTORS)]), len(pick), observed
 
 
 def _curve(law, theta, base, r, cost, C, logn, d_range) -> np.ndarray:
@@ -61,7 +67,7 @@ def isoflop(record: LawRecord, splits: dict[str, Dataset], boot: Bootstrap | Non
     all_c = derive.evaluate_cost(cost_law, all_X, r)
     cmap = style.cmap()
     train_c = derive.evaluate_cost(cost_law, train.X, r)
-    level_c, n_observed = budgets(train_c)
+    level_c, n_observed, observed = budgets(train_c)
     norm = style.norm(np.concatenate([all_c, level_c]), True)
     others = [i for i in range(all_X.shape[1]) if i not in (r.n, r.d)]
     for ax, key in zip(axes, keys, strict=False):
@@ -143,7 +149,8 @@ def isoflop(record: LawRecord, splits: dict[str, Dataset], boot: Bootstrap | Non
         label, _, marker = style.SPLITS[split]
         handles.append(Line2D([], [], ls="", marker=marker, color="0.45", markeredgecolor="k" if split == "test"
                               else "none", markersize=4.5, label=f"{label} ({len(splits[split])})"))
-    handles.append(Patch(color="none", label=f"budgets: {n_observed} observed levels, then "
+    inside = f"{n_observed} observed levels" if observed else f"{n_observed} over the train range"
+    handles.append(Patch(color="none", label=f"budgets: {inside}, then "
                                              f"{', '.join(f'{f:g}x' for f in derive.FACTORS)} the largest"))
     if others:
         held = ", ".join(f"{record.task.symbols[i]} = {style.format_value(base[i])}" for i in others)

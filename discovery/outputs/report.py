@@ -112,8 +112,9 @@ def blocks(record: LawRecord, run_dir: Path, figures: dict[str, Path], protocol)
 CAPTIONS = {
     "observed_vs_predicted": "Observed against predicted, by split (train fit part, validation, test).",
     "isoflop": ("isoFLOP curves: the law's target against model size at fixed compute, at levels over the train "
-                "compute range (its isoFLOP groups when it has them) and 10x and 100x the largest; stars mark each curve's minimum (bar: its 95% bootstrap "
-                "interval), the dotted line the compute-optimal frontier, dashed curves the human law."),
+                "compute range (its isoFLOP groups when it has them) and 10x and 100x the largest; stars mark "
+                "each curve's minimum (bar: its 95% bootstrap interval), the dotted line the compute-optimal "
+                "frontier, dashed curves the human law."),
     "residuals": "Residuals (predicted − observed) along each variable, by split.",
     "pareto": "Complexity against validation error: every candidate, the Pareto front, the human law.",
     "history": "Best validation score per generation.",

@@ -201,7 +201,7 @@ def curves_along(record: LawRecord, splits: dict[str, Dataset], j: int, boot: Bo
             ax.set_xlabel(style.variable_label(task.variables[j]))
     if c is not None:
         fig.colorbar(ScalarMappable(colour_norm, cmap), ax=axes[:len(keys)].tolist(), shrink=0.9, pad=0.02,
-                     label=f"held: {style.variable_label(task.variables[c])}")
+                     label=f"held: {style.variable_label(task.variables[c], short=True)}")
     fig.legend(handles=legend_handles(record, splits, boot, human, c is not None, len(keys)),
                loc="outside lower center", ncols=style.legend_columns(fig), fontsize=6.5)
     return fig

@@ -105,9 +105,12 @@ def log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def variable_label(variable, with_symbol: bool = True) -> str:
-    """`vocab_size V (tokens)`: the column, its formula symbol and the task file's unit."""
+def variable_label(variable, with_symbol: bool = True, short: bool = False) -> str:
+    """`vocab_size V (tokens)`: the column, its formula symbol and the task file's unit; `short` (for a colour
+    bar) drops a column name longer than 14 characters: `N (parameters)`."""
     unit = f" ({variable.unit})" if variable.unit else ""
+    if short and len(variable.column) > 14:
+        return f"${variable.symbol}${unit}"
     symbol = f" ${variable.symbol}$" if with_symbol and variable.symbol != variable.column else ""
     return f"{variable.column}{symbol}{unit}"
 

@@ -45,8 +45,8 @@ def test_a_law_object_predicts_by_column_name_and_prints(tmp_path):
     assert np.allclose(law.predict({"N": [1e8]}), [3.5], rtol=1e-6)  # a dict, by symbol
     with pytest.raises(KeyError, match="params"):
         law.predict(pd.DataFrame({"tokens": n}))
-    assert law.latex().replace(" ", "") in (r"A\cdot\left(\frac{N}{100000000}\right)^{-a}+E",
-                                            r"E+A\cdot\left(\frac{N}{100000000}\right)^{-a}")
+    assert law.latex().replace(" ", "") in (r"A\cdot\left(\frac{N}{10^{8}}\right)^{-a}+E",  # scale: a power of ten
+                                            r"E+A\cdot\left(\frac{N}{10^{8}}\right)^{-a}")
     expr = law.sympy("all")  # the group's constants put in: only N is left
     assert float(expr.subs({s: 1e8 for s in expr.free_symbols})) == pytest.approx(3.5, rel=1e-6)
     namespace: dict = {}

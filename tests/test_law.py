@@ -24,7 +24,7 @@ HOSTILE = [
     ("sum(x for x in N) + A", "statistic"),
     ("'abc' + N", "string"),
     ("N**10**10**10", "exponent"),
-    ("(" * 10000 + "N" + ")" * 10000, "nested"),
+    ("(" * 10000 + "N" + ")" * 10000, "characters long"),  # the length is tested before any scan
     ("-" * 10000 + "N", ""),
     ("A*\uff2e", "non-ASCII"),  # fullwidth N, NFKC-normalises to N in Python
     ("A*N\u0430", "non-ASCII"),  # Cyrillic a

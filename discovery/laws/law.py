@@ -3,12 +3,18 @@
 Untrusted text (an LLM reply, a user's command line, a task file) is parsed by Python's `ast` in
 `eval` mode and walked node by node through an allow-list; only then is a SymPy expression built,
 from our own Symbol/function objects. Nothing from the text ever reaches `eval`, `exec`,
-`sympify` or `parse_expr`. Limits on length, size, depth, literal magnitudes and exponents keep
-SymPy from being asked to compute something enormous.
+`sympify` or `parse_expr`. Limits on length (tested before anything reads the text), size, depth,
+literal magnitudes and exponents keep SymPy from being asked to compute something enormous: a part
+of the formula without variables is first evaluated in floating point and must stay within the
+literal limits, and so must every number left once SymPy has folded the expression. Whatever SymPy
+raises on the way becomes a LawError with its reason; rewrites whose cost can grow with nesting are
+limited by the expression's nesting. (The hard wall-clock bound on parsing and compiling untrusted
+text is `discovery.laws.guard`.)
 """
 from __future__ import annotations
 
 import ast
+import builtins
 import hashlib
 import keyword
 import math
@@ -62,6 +68,8 @@ class _Num:
 def _check_text(text: str) -> None:
     if not isinstance(text, str):
         raise LawError("formula must be text")
+    if len(text) > MAX_TEXT_LENGTH:  # first: a huge text is refused before anything reads it
+        raise LawError(f"formula is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}")
     if not text.strip():
         raise LawError("formula is empty")
     for i, ch in enumerate(text):
@@ -77,8 +85,12 @@ def _check_text(text: str) -> None:
         depth -= ch in ")]}"
         if depth > MAX_DEPTH:
             raise LawError(f"formula is nested deeper than {MAX_DEPTH} brackets")
-    if len(text) > MAX_TEXT_LENGTH:
-        raise LawError(f"formula is {len(text)} characters long; the limit is {MAX_TEXT_LENGTH}")
+
+
+def syntax_tree(text: str) -> ast.Expression:
+    """The checked syntax tree of formula text (length, characters, syntax, size); LawError if refused."""
+    _check_text(text)
+    return _parse_tree(text)
 
 
 def _parse_tree(text: str) -> ast.Expression:
@@ -151,15 +163,15 @@ class _Walker:
             return _Num(self._fold(op, left.value, right.value))
         a, b = _sym(left), _sym(right)
         if op is ast.Add:
-            return a + b
+            return _bounded(a + b)
         if op is ast.Sub:
-            return a - b
+            return _bounded(a - b)
         if op is ast.Mult:
-            return a * b
+            return _bounded(a * b)
         if op is ast.Div:
             if b == 0:
                 raise LawError("division by zero")
-            return a / b
+            return _bounded(a / b)
         raise LawError(f"operator {op.__name__} is not allowed; use + - * / **")
 
     @staticmethod
@@ -188,7 +200,12 @@ class _Walker:
                 if not math.isfinite(value) or abs(value) > MAX_LITERAL:
                     raise LawError(f"a literal power exceeds {MAX_LITERAL:g} in magnitude")
                 return _Num(value)
-        return _sym(base) ** _sym(exponent)
+        exponent, base = _sym(exponent), _sym(base)
+        if not exponent.free_symbols:  # sqrt(1e14)*sqrt(1e14) is a literal too: 2**that is a 10**14-bit integer
+            value = _check_constant_part(_float_of(exponent))
+            if abs(value) > MAX_EXPONENT_LITERAL:
+                raise LawError(f"exponent {value:g} exceeds {MAX_EXPONENT_LITERAL:g} in magnitude")
+        return _bounded(base ** exponent)
 
     def _Call(self, node: ast.Call, depth: int):
         if not isinstance(node.func, ast.Name):
@@ -204,8 +221,77 @@ class _Walker:
         fn, arity = FUNCTIONS[name]
         if len(node.args) != arity:
             raise LawError(f"{name}() takes {arity} argument(s), got {len(node.args)}")
-        args = [self.walk(a, depth) for a in node.args]
-        return fn(*[_sym(a) for a in args])
+        args = [_sym(self.walk(a, depth)) for a in node.args]
+        if not any(a.free_symbols for a in args):  # all constant: check the value before SymPy evaluates it
+            _check_constant_part(_apply(_FLOAT_FUNCTIONS[name], [_float_of(a) for a in args]))
+        return _bounded(fn(*args))
+
+
+def _sigmoid_float(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+
+
+_FLOAT_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "abs": abs, "tanh": math.tanh,
+    "Min": min, "Max": max, "min": min, "max": max, "log10": math.log10, "log2": math.log2,
+    "sigmoid": _sigmoid_float,
+}
+_FLOAT_OF_FUNCTION: dict[type, Callable[..., float]] = {
+    sp.exp: math.exp, sp.log: math.log, sp.Abs: abs, sp.tanh: math.tanh, sp.Min: min, sp.Max: max,
+}
+
+
+def _float_of(expr: sp.Expr) -> float:
+    """The value of a part without symbols, in IEEE floats (never SymPy's arbitrary precision, which a
+    part such as exp(exp(exp(3))) sends into hours of big-integer work): inf when it overflows, nan
+    when it is undefined or complex."""
+    try:
+        if expr.is_Number:
+            return float(expr)
+        if expr is sp.E:
+            return math.e
+        if expr is sp.pi:
+            return math.pi
+        args = [_float_of(a) for a in expr.args]
+        if any(math.isnan(a) for a in args):
+            return math.nan
+        if expr.is_Add:
+            return math.fsum(args)
+        if expr.is_Mul:
+            return math.prod(args)
+        if expr.is_Pow:
+            return _apply(math.pow, args)
+        fn = _FLOAT_OF_FUNCTION.get(expr.func)
+        return _apply(fn, args) if fn is not None else math.nan
+    except OverflowError:
+        return math.inf
+    except (ValueError, ZeroDivisionError, TypeError):
+        return math.nan
+
+
+def _apply(fn: Callable[..., float], args: list[float]) -> float:
+    try:
+        value = fn(*args)
+    except OverflowError:
+        return math.inf
+    except (ValueError, ZeroDivisionError, TypeError):
+        return math.nan
+    return value if isinstance(value, float) else float(value) if isinstance(value, int) else math.nan
+
+
+def _check_constant_part(value: float) -> float:
+    if math.isnan(value):
+        raise LawError("a part of the formula without variables is undefined or complex")
+    if not math.isfinite(value) or abs(value) > MAX_LITERAL:
+        raise LawError(f"a part of the formula without variables exceeds {MAX_LITERAL:g} in magnitude")
+    return value
+
+
+def _bounded(expr: sp.Expr) -> sp.Expr:
+    """A freshly built node: if it has no symbols (SymPy may have folded one), its value must be bounded."""
+    if not expr.free_symbols:
+        _check_constant_part(_float_of(expr))
+    return expr
 
 
 def _one_edit(a: str, b: str) -> bool:
@@ -308,6 +394,23 @@ def _canonical_rename(expr: sp.Expr, constants: Iterable[sp.Symbol]) -> tuple[sp
     return expr.xreplace(rename), rename
 
 
+# Names the generated code may call (NumPy's and Python's, and the modules lambdify refers to). An argument named
+# like one (a constant `sign`, `select` or `maximum`, a variable `exp`, `log` or `abs`) would shadow it.
+_GENERATED_NAMES = frozenset(dir(np)) | frozenset(dir(builtins)) | {"numpy", "functools", "math", "mpmath", "scipy"}
+
+
+def _numpy_function(args: list[sp.Symbol], exprs) -> Callable:
+    """NumPy code for `exprs` (one expression or a list), safe from user names: lambdify adds the symbols of a
+    lone expression to the code's namespace, under their names, so it is always given a list; and when an
+    argument is named like a function the code may call, the arguments are renamed in the code (dummify;
+    only then, since renaming rebuilds the expression, which costs as much as building it did)."""
+    clash = any(a.name in _GENERATED_NAMES for a in args)
+    if isinstance(exprs, sp.Basic):
+        one = sp.lambdify(args, [exprs], modules="numpy", cse=True, dummify=clash)
+        return lambda *values: one(*values)[0]
+    return sp.lambdify(args, exprs, modules="numpy", cse=True, dummify=clash)
+
+
 @dataclass(frozen=True)
 class Separable:
     linear: list[int]
@@ -357,12 +460,20 @@ class Law:
 
     @cached_property
     def _predict(self) -> Callable:
-        return sp.lambdify([*self.variables, *self.constants], self.expr, modules="numpy", cse=True)
+        return _numpy_function([*self.variables, *self.constants], self.expr)
 
     @cached_property
     def _jacobian(self) -> Callable:
         derivs = [sp.diff(self.expr, c) for c in self.constants]
-        return sp.lambdify([*self.variables, *self.constants], derivs, modules="numpy", cse=True)
+        return _numpy_function([*self.variables, *self.constants], derivs)
+
+    def compile(self) -> "Law":
+        """Build every compiled function now (prediction, Jacobian, variable projection, with this law's
+        engine); they are otherwise built on first use. `discovery.laws.guard` times this with the parse."""
+        if self._compiled is None:
+            _ = self._predict, self._jacobian
+        _ = self.separable
+        return self
 
     def predict(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """X: (n, n_vars) in task variable order; theta: (k,) -> (n,), or (S, k) -> (S, n)."""
@@ -438,7 +549,7 @@ class Law:
         basis = [sp.diff(self.expr, c) for c in lin_syms]
         offset = self.expr.xreplace({c: 0 for c in lin_syms})
         args = [*self.variables, *[self.constants[i] for i in nonlinear]]
-        func = sp.lambdify(args, [offset, *basis], modules="numpy", cse=True)
+        func = _numpy_function(args, [offset, *basis])
         return Separable(linear=linear, nonlinear=nonlinear, func=func)
 
     def rename_constants(self, theta_by_name: dict[str, float]) -> np.ndarray:
@@ -463,10 +574,26 @@ def parse_law(
     otherwise every other identifier is a constant unless it looks like a typo of a variable (see
     `check_constant_name`). `column_hints` maps data column names to symbols ("" for a column that is
     not a variable) so a formula written with column names gets a helpful refusal. `check_typos=False`
-    re-reads a law that was accepted before (stored in a run, exported).
+    re-reads a law that was accepted before (stored in a run, exported). Raises LawError, and only
+    LawError, for anything wrong with the text (whatever SymPy raises on the way included). This runs
+    in the caller's process; `discovery.laws.guard.parse_bounded` adds a hard time bound.
     """
-    _check_text(text)
-    tree = _parse_tree(text)
+    tree = syntax_tree(text)
+    try:
+        return _build(text, tree, variables, constants, max_constants, column_hints, check_typos)
+    except LawError:
+        raise
+    except RecursionError:
+        raise LawError("formula is too deeply nested to simplify") from None
+    except MemoryError:
+        raise LawError("formula is too large to simplify") from None
+    except Exception as exc:  # SymPy's own errors (OverflowError from mpmath, TypeError, ...): a reason, not a crash
+        raise LawError(" ".join(f"SymPy cannot process the formula: {type(exc).__name__}: {exc}".split())[:300]) \
+            from None
+
+
+def _build(text: str, tree: ast.Expression, variables: Sequence[str], constants: Iterable[str] | None,
+           max_constants: int | None, column_hints: dict[str, str] | None, check_typos: bool) -> Law:
     var_syms = {v: sp.Symbol(v, real=True) for v in variables}
     walker = _Walker(var_syms, set(constants) if constants is not None else None, column_hints or {}, check_typos)
     result = walker.walk(tree)
@@ -475,14 +602,13 @@ def parse_law(
     expr = result
     if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo, sp.I):
         raise LawError("formula simplifies to an undefined or complex value")
+    _check_folded(expr)
     used_consts = sorted(expr.free_symbols - set(var_syms.values()), key=lambda s: s.name)
     if not used_consts:
         raise LawError("formula has no fittable constant")
     if max_constants is not None and len(used_consts) > max_constants:
         raise LawError(f"formula has {len(used_consts)} constants; this task allows at most {max_constants}")
-    # exp(a)*exp(b) and exp(a + b) are one law: combine exponentials before naming (hash only; the law
-    # is still fitted as written)
-    canon_expr, mapping = _canonical_rename(sp.powsimp(expr, combine="exp", deep=True), used_consts)
+    canon_expr, mapping = _canonical_rename(_combine_exponentials(expr), used_consts)
     canonical = sp.sstr(canon_expr, order="lex")
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     order = sorted(used_consts, key=lambda c: int(mapping[c].name[1:]))
@@ -496,3 +622,36 @@ def parse_law(
         hash=digest,
         complexity=complexity,
     )
+
+
+def _check_folded(expr: sp.Expr) -> None:
+    """The literal limits hold for the numbers SymPy folded, too: `A*N*1e30*1e30` carries 1e60."""
+    for number in expr.atoms(sp.Number):
+        if abs(_float_of(number)) > MAX_LITERAL:
+            raise LawError(f"the formula folds to the constant {float(number):g}, beyond {MAX_LITERAL:g} in magnitude")
+    for power in expr.atoms(sp.Pow):
+        if power.exp.is_Number and abs(_float_of(power.exp)) > MAX_EXPONENT_LITERAL:
+            raise LawError(f"the formula folds to the exponent {float(power.exp):g}, beyond "
+                           f"{MAX_EXPONENT_LITERAL:g} in magnitude")
+
+
+# powsimp(deep=True) costs about 2.5x more per nested function: it is applied only up to this depth, which every
+# law of the offline grammar keeps (deeper nests combine exponentials at the top level only).
+MAX_DEEP_REWRITE_NESTING = 4
+
+
+def _function_nesting(expr: sp.Expr) -> int:
+    """How many functions (or powers with a non-numeric exponent) are nested inside each other, at most."""
+    depth: dict[sp.Basic, int] = {}
+    for node in sp.postorder_traversal(expr):
+        inner = max((depth.get(a, 0) for a in node.args), default=0)
+        nests = isinstance(node, sp.Function) or (node.is_Pow and not node.exp.is_Number)
+        depth[node] = inner + (1 if nests else 0)
+    return depth.get(expr, 0)
+
+
+def _combine_exponentials(expr: sp.Expr) -> sp.Expr:
+    """exp(a)*exp(b) and exp(a + b) are one law: combine exponentials before naming (for the hash only; the
+    law is still fitted as written)."""
+    deep = _function_nesting(expr) <= MAX_DEEP_REWRITE_NESTING
+    return sp.powsimp(expr, combine="exp", deep=deep)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from discovery.laws.fit import FitOptions, LawFit, fit_law, fixed_law
-from discovery.laws.law import Law, LawError, parse_law
+from discovery.laws.guard import parse_bounded
+from discovery.laws.law import Law, LawError
 from discovery.tasks.data import load_frame
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.spec import HumanLaw, Task, load_task
@@ -56,42 +57,54 @@ def declared_constants(human: HumanLaw) -> set[str]:
 
 
 def parse_human_law(task: Task, human: HumanLaw) -> Law:
-    """The human law through the parser, its constants as declared; an error names the task file and the law."""
+    """The human law through the parser (a task file is untrusted text: within the time bound), its constants as
+    declared; an error names the task file and the law."""
     try:
-        return parse_law(human.formula, task.symbols, constants=declared_constants(human),
-                         column_hints=task.symbol_for_column())
+        return parse_bounded(human.formula, task.symbols, constants=declared_constants(human),
+                             column_hints=task.symbol_for_column())
     except LawError as exc:
         raise LawError(f"{task.where}: human law {human.name!r}: {exc}") from None
 
 
+def usable_human_laws(task: Task) -> tuple[list[tuple[HumanLaw, Law]], list[str]]:
+    """The task's human laws that parse, with their laws, and one line for each that does not (a broken human
+    law in a task file is reported; it never stops the fitting of another formula)."""
+    usable, broken = [], []
+    for human in task.human_laws:
+        try:
+            usable.append((human, parse_human_law(task, human)))
+        except LawError as exc:
+            broken.append(str(exc))
+    return usable, broken
+
+
 def parse_formula(task: Task, text: str, constants: list[str] | None = None,
                   column_hints: dict[str, str] | None = None) -> Law:
-    """A user's formula for `task` (kepler fit, kepler.fit). A name that looks like a typo of a variable is
-    refused, unless the formula is one of the task's human laws, whose file declares its constants (the
-    Muennighoff law's `RN` and `RD` beside the variables N and D)."""
+    """A user's formula for `task` (kepler fit, kepler.fit), within the time bound. A name that looks like a typo
+    of a variable is refused, unless the formula is one of the task's human laws, whose file declares its
+    constants (the Muennighoff law's `RN` and `RD` beside the variables N and D)."""
     hints = column_hints if column_hints is not None else task.symbol_for_column()
     try:
-        return parse_law(text, task.symbols, constants=constants, max_constants=task.constant_limit,
-                         column_hints=hints)
+        return parse_bounded(text, task.symbols, constants=constants, max_constants=task.constant_limit,
+                             column_hints=hints)
     except LawError as refused:
         if constants is not None:
             raise
         try:
-            law = parse_law(text, task.symbols, max_constants=task.constant_limit, column_hints=hints,
-                            check_typos=False)
+            law = parse_bounded(text, task.symbols, max_constants=task.constant_limit, column_hints=hints,
+                                check_typos=False)
         except LawError:
             raise refused from None
-        if any(parse_human_law(task, h).hash == law.hash for h in task.human_laws):
+        if any(ref.hash == law.hash for _, ref in usable_human_laws(task)[0]):
             return law
         raise refused from None
 
 
 def human_law_for(task: Task, law: Law) -> tuple[dict | None, HumanLaw | None]:
     """If `law` is one of the task's human laws: that law's constant specs (by the names `law` uses) and the law."""
-    for human in task.human_laws:
+    for human, ref in usable_human_laws(task)[0]:
         if not human.constants:
             continue
-        ref = parse_human_law(task, human)
         if ref.hash == law.hash:
             by_canonical = {i: human.constants.get(rc.name) for i, rc in enumerate(ref.constants)}
             return {c.name: by_canonical[i] for i, c in enumerate(law.constants) if by_canonical[i] is not None}, human

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from discovery.cli.console import make_console, num
@@ -17,9 +18,10 @@ err_console = make_console(stderr=True)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from discovery.laws import guard
     from discovery.laws.fit import FitOptions, fit_law
     from discovery.tasks.data import load_frame
-    from evaluators.benchmark import human_law_for, parse_formula
+    from evaluators.benchmark import human_law_for, parse_formula, usable_human_laws
     from evaluators.metrics import score
     from evaluators.protocol import Protocol
 
@@ -35,10 +37,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.task = task_from_csv(args, Path("results") / task_name(args))
     if not args.task or not args.formula:
         raise ValueError("give a task and a formula, or --from law.json")
+    guard.prestart()  # the formula is checked within the time bound by a helper process: start it while data loads
     task = load_task(args.task)
     frame = load_frame(task)
     declared = [c.strip() for c in args.constants.split(",") if c.strip()] if args.constants else None
     hints = {**{str(c): "" for c in frame.columns if c not in ("group", "split")}, **task.symbol_for_column()}
+    for broken in usable_human_laws(task)[1]:  # a broken human law of the task file: said, and left out
+        err_console.print(f"[yellow]warning:[/] {escape(broken)}", soft_wrap=True)
     law = parse_formula(task, args.formula, declared, hints)
     specs, human = human_law_for(task, law)
     settings = human.fit if human else None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from discovery.laws.fit import FitOptions
-from discovery.laws.law import parse_law
+from discovery.laws.guard import parse_bounded
 from discovery.outputs.record import LawRecord, RunError, kepler_version
 from discovery.tasks.spec import Task, TaskError, load_task
 from discovery.tasks.values import ConstantSpec
@@ -121,7 +121,7 @@ def task_of(data: dict) -> "Task":
 def record_from_json(data: dict, source: str = "law.json") -> LawRecord:
     """Rebuild the record: the task by name, the law through the parser, the constants exactly."""
     task = task_of(data)
-    law = parse_law(data["formula"], task.symbols, check_typos=False)
+    law = parse_bounded(data["formula"], task.symbols, check_typos=False)  # a law.json is untrusted text
     if law.hash != data["hash"]:
         raise RunError(f"{source}: the formula parses to law {law.hash}, not {data['hash']} as recorded")
     if law.constant_names != list(data["constant_names"]):

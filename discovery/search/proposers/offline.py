@@ -27,7 +27,8 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
-from discovery.laws.law import Law, LawError, near_miss, parse_law
+from discovery.laws.guard import LIGHT_IN_PROCESS
+from discovery.laws.law import Law, LawError, near_miss
 from discovery.search.proposers.base import Candidate, Proposal, ProposalContext, Proposer, Survivor
 from discovery.tasks.spec import Task
 from discovery.tasks.values import ConstantSpec
@@ -124,9 +125,11 @@ class _Names:
 class OfflineProposer(Proposer):
     name = "offline"
 
-    def __init__(self, task: Task, parse: Callable[..., Law] = parse_law, memoize: bool = False):
+    def __init__(self, task: Task, parse: Callable[..., Law] = LIGHT_IN_PROCESS, memoize: bool = False):
         self.task = task
-        self.parse = parse  # parse_law, or a cached parse (the campaign's fast engine)
+        # parse_law within the time bound (in process for the grammar's own, light laws; a genome grown from an LLM's
+        # survivor may not be light), over a cached parse with the campaign's fast engine
+        self.parse = parse
         self.memoize = memoize  # the fast engine remembers survivors' genomes (a pure function of the survivor)
         self._genomes: dict[tuple, Genome | None] = {}
         self.vars = scaled_variables(task)

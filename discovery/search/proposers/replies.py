@@ -2,8 +2,9 @@
 
 The model's text is untrusted. JSON is found (whole reply, code fences, or a balanced {...}/[...]
 span inside prose), repaired when the damage is cosmetic (single quotes, trailing commas, Python's
-True/False/None), validated with pydantic, and every formula goes through `parse_law`, the
-allow-list. Nothing is ever evaluated. Every failure becomes a Rejection with a one-line reason.
+True/False/None), validated with pydantic, and every formula goes through `parse_bounded` (the
+allow-list of `parse_law`, within a time bound). Nothing is ever evaluated. Every failure becomes a
+Rejection with a one-line reason, and one bad candidate never costs the others of its reply.
 
 The same pydantic models also describe the reply to the server: `reply_json_schema()` is the JSON
 schema sent as `response_format` (structured outputs), generated from `ReplyIn`/`CandidateIn`, with a
@@ -20,7 +21,8 @@ from typing import Any, Iterator
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from discovery.laws.law import MAX_TEXT_LENGTH, LawError, parse_law
+from discovery.laws.guard import FormulaTimeout, parse_bounded
+from discovery.laws.law import MAX_TEXT_LENGTH, LawError
 from discovery.search.proposers.base import Candidate, Rejection
 from discovery.tasks.spec import Task
 from discovery.tasks.values import ConstantSpec
@@ -337,64 +339,76 @@ def validate_items(
     seen_hashes: set[str] | None = None,
     evaluated_hashes: frozenset[str] | set[str] = frozenset(),
     proposer: str = "llm",
+    timeouts: dict[str, str] | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
-    """Each entry -> a Candidate (parsed by the law parser) or a Rejection with the reason."""
+    """Each entry -> a Candidate (parsed by the law parser) or a Rejection with the reason; one bad entry never
+    costs the others. `timeouts` (formula -> reason) holds formulas known to overrun the parser's time bound:
+    they are refused at once with that reason, and formulas that overrun it now are added."""
     candidates: list[Candidate] = []
     rejections: list[Rejection] = []
     seen = seen_hashes if seen_hashes is not None else set()
-    symbols = task.symbols
-    hints = task.symbol_for_column()
     if not items:
         return [], [Rejection(formula="", reason="reply contained no candidates", proposer=proposer)]
     for k, raw in enumerate(items[: 4 * max_candidates + 4], start=1):
         if len(candidates) >= max_candidates:
             break
-        if isinstance(raw, str):
-            raw = {"formula": raw}
-        formula_text = raw.get("formula", raw.get("expression", "")) if isinstance(raw, dict) else ""
-        formula_text = formula_text if isinstance(formula_text, str) else ""
         try:
-            item = CandidateIn.model_validate(raw)
-        except ValidationError as exc:
-            rejections.append(Rejection(one_line(formula_text, 300), f"candidate {k}: {_pydantic_reason(exc)}",
-                                        proposer))
-            continue
-        formula = strip_lhs(item.formula)
-        clash = sorted(set(item.constants) & set(symbols))
-        if clash:
-            rejections.append(Rejection(formula, f"constants {clash} clash with variable symbols", proposer))
-            continue
-        try:
-            # Declared constants are binding (a typo'd variable is then caught); a reply that declares none
-            # gets every non-variable name as a constant with default init.
-            law = parse_law(formula, symbols, constants=list(item.constants) or None,
-                            max_constants=task.constant_limit, column_hints=hints)
-        except LawError as exc:
-            rejections.append(Rejection(formula, str(exc), proposer))
-            continue
-        try:
-            specs = {name: constant_spec(name, item.constants[name]) for name in law.constant_names
-                     if name in item.constants}
-        except ValueError as exc:
-            rejections.append(Rejection(formula, one_line(str(exc), 200), proposer))
-            continue
-        if law.hash in evaluated_hashes:
-            reason = f"already evaluated in this run ({law.canonical}); propose something new"
-            rejections.append(Rejection(formula, reason, proposer))
-            continue
-        if law.hash in seen:
-            rejections.append(Rejection(formula, f"duplicate of an earlier candidate ({law.canonical})", proposer))
-            continue
-        seen.add(law.hash)
-        candidates.append(Candidate(
-            formula=law.text,
-            constants=specs,
-            rationale=one_line(item.rationale, RATIONALE_CHARS),
-            parents=tuple(dict.fromkeys(p for p in item.parents if p in known_parents)),
-            proposer=proposer,
-            operation="llm",
-        ))
+            out = _validate_one(k, raw, task, known_parents, seen, evaluated_hashes, proposer, timeouts)
+        except Exception as exc:  # a bug of ours on one odd entry: that entry is refused, the rest go on
+            text = raw.get("formula", "") if isinstance(raw, dict) else raw
+            out = Rejection(one_line(text if isinstance(text, str) else "", 300),
+                            one_line(f"candidate {k}: internal error: {type(exc).__name__}: {exc}", 300), proposer)
+        (candidates if isinstance(out, Candidate) else rejections).append(out)
     return candidates, rejections
+
+
+def _validate_one(k: int, raw: Any, task: Task, known_parents: set[int] | frozenset[int], seen: set[str],
+                  evaluated_hashes: frozenset[str] | set[str], proposer: str,
+                  timeouts: dict[str, str] | None) -> Candidate | Rejection:
+    symbols = task.symbols
+    if isinstance(raw, str):
+        raw = {"formula": raw}
+    formula_text = raw.get("formula", raw.get("expression", "")) if isinstance(raw, dict) else ""
+    formula_text = formula_text if isinstance(formula_text, str) else ""
+    try:
+        item = CandidateIn.model_validate(raw)
+    except ValidationError as exc:
+        return Rejection(one_line(formula_text, 300), f"candidate {k}: {_pydantic_reason(exc)}", proposer)
+    formula = strip_lhs(item.formula)
+    clash = sorted(set(item.constants) & set(symbols))
+    if clash:
+        return Rejection(formula, f"constants {clash} clash with variable symbols", proposer)
+    if timeouts is not None and formula in timeouts:
+        return Rejection(formula, timeouts[formula], proposer)
+    try:
+        # Declared constants are binding (a typo'd variable is then caught); a reply that declares none
+        # gets every non-variable name as a constant with default init.
+        law = parse_bounded(formula, symbols, constants=list(item.constants) or None,
+                            max_constants=task.constant_limit, column_hints=task.symbol_for_column())
+    except FormulaTimeout as exc:
+        if timeouts is not None:
+            timeouts[formula] = str(exc)
+        return Rejection(formula, str(exc), proposer)
+    except LawError as exc:
+        return Rejection(formula, str(exc), proposer)
+    try:
+        specs = {name: constant_spec(name, item.constants[name]) for name in law.constant_names
+                 if name in item.constants}
+    except ValueError as exc:
+        return Rejection(formula, one_line(str(exc), 200), proposer)
+    if law.hash in evaluated_hashes:
+        return Rejection(formula, f"already evaluated in this run ({law.canonical}); propose something new", proposer)
+    if law.hash in seen:
+        return Rejection(formula, f"duplicate of an earlier candidate ({law.canonical})", proposer)
+    seen.add(law.hash)
+    return Candidate(
+        formula=law.text,
+        constants=specs,
+        rationale=one_line(item.rationale, RATIONALE_CHARS),
+        parents=tuple(dict.fromkeys(p for p in item.parents if p in known_parents)),
+        proposer=proposer,
+        operation="llm",
+    )
 
 
 def parse_reply(
@@ -406,15 +420,16 @@ def parse_reply(
     seen_hashes: set[str] | None = None,
     evaluated_hashes: frozenset[str] | set[str] = frozenset(),
     proposer: str = "llm",
+    timeouts: dict[str, str] | None = None,
 ) -> tuple[list[Candidate], list[Rejection]]:
-    """Reply text -> (candidates, rejections). Never raises on bad model output."""
+    """Reply text -> (candidates, rejections). Never raises on bad model output. `timeouts`: see validate_items."""
     try:
         items, broken = _extract(text)
     except ReplyError as exc:
         return [], [Rejection(formula="", reason=str(exc), proposer=proposer)]
     candidates, rejections = validate_items(items, task, max_candidates=max_candidates, known_parents=known_parents,
                                             seen_hashes=seen_hashes, evaluated_hashes=evaluated_hashes,
-                                            proposer=proposer)
+                                            proposer=proposer, timeouts=timeouts)
     if broken:
         rejections.append(Rejection(formula="", reason=(f"reply JSON broke off after {len(items)} complete "
                                                         "candidate(s); the rest was lost"), proposer=proposer))

@@ -62,8 +62,11 @@ def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: 
         grid = _grid(X[:, index])
         bases = _bases(X, index)
         Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
-        with np.errstate(all="ignore"):
-            pred = np.asarray(predict(Xg), dtype=float).reshape(len(bases), len(grid))
+        try:
+            with np.errstate(all="ignore"):
+                pred = np.asarray(predict(Xg), dtype=float).reshape(len(bases), len(grid))
+        except Exception as exc:  # noqa: BLE001 - an odd law NumPy cannot evaluate there breaks the priors, no crash
+            return f"cannot be evaluated along {symbol} ({type(exc).__name__})"
         if not np.isfinite(pred).all():
             at = grid[np.flatnonzero(~np.isfinite(pred).all(axis=0))[0]]
             return f"not finite at {symbol} = {at:.3g}"

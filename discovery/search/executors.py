@@ -6,6 +6,9 @@ constant specs and the fit options. The task's fit/validation arrays are sent to
 once, when the pool starts (local) or scattered once per campaign (dask). Results come back in
 submission order, so the campaign writes them to the store in slot order and the outcome does not
 depend on where a fit ran. Workers never touch the store: the campaign process is its only writer.
+Waiting for results stops at the campaign's deadline (OutOfTime), and a closing executor can kill
+its workers at once (Ctrl-C), instead of waiting for the fits they run; local workers leave Ctrl-C to
+the campaign process.
 """
 from __future__ import annotations
 
@@ -13,12 +16,13 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -67,17 +71,43 @@ class FitOutcome:
     clock: int = 0  # group fits a time limit cut short (then the result depends on machine speed)
 
 
+class OutOfTime(Exception):
+    """The campaign's deadline passed while waiting for fits; the fits not returned yet are dropped."""
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise OutOfTime
+    return left
+
+
 def constants_json(fit: LawFit) -> dict:
     return {f"{g}|{t}": {c.name: float(v) for c, v in zip(fit.law.constants, gf.theta, strict=True)}
             for (g, t), gf in fit.fits.items()}
 
 
 def run_fit(data: FitData, job: FitJob) -> FitOutcome:
-    """Fit one law on the fit part and score it on validation (pure: same input, same output).
+    """Fit one law on the fit part and score it on validation (pure: same input, same output). Never raises:
+    whatever SymPy or NumPy raise on an odd law becomes a failed fit with the reason.
 
     Each recipe (see fit.RECIPES) is tried; a fit that keeps the task's shape priors beats one that breaks
     them, then the lowest validation NMSE wins. Log recipes are skipped when a target is not positive.
     """
+    t0 = time.perf_counter()
+    try:
+        return _run_fit(data, job)
+    except Exception as exc:  # noqa: BLE001 - one odd law must not stop a campaign
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        val = score_blocks(data.validation.Y, np.full_like(data.validation.Y, np.nan), data.validation_blocks)
+        return FitOutcome({}, False, [f"fit failed: {reason}"], val.r2, val.nmse, val.nmae,
+                          time.perf_counter() - t0)
+
+
+def _run_fit(data: FitData, job: FitJob) -> FitOutcome:
+    # the campaign parsed this text already, within the time bound
     law = job.law if job.law is not None else parse_law(job.formula, data.symbols, check_typos=False)
     positive = bool((data.fit_part.Y > 0).all())
     best: FitOutcome | None = None
@@ -110,11 +140,18 @@ class SerialExecutor:
     def __init__(self, data: FitData):
         self.data = data
 
-    def map(self, jobs: Iterable[FitJob]) -> Iterator[FitOutcome]:
+    def map(self, jobs: Iterable[FitJob], deadline: float | None = None) -> Iterator[FitOutcome]:
         for job in jobs:
-            yield run_fit(self.data, job)
+            left = _remaining(deadline)
+            if left is not None:  # the fit stops at the deadline; its result is then dropped, not written
+                limit = left if job.total_time_limit is None else min(job.total_time_limit, left)
+                outcome = run_fit(self.data, replace(job, total_time_limit=limit))
+                _remaining(deadline)
+                yield outcome
+            else:
+                yield run_fit(self.data, job)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         pass
 
 
@@ -132,9 +169,16 @@ def watch_parent(parent: int) -> None:
     threading.Thread(target=loop, daemon=True, name="kepler-parent-watch").start()
 
 
+def ignore_interrupts() -> None:
+    """In a worker process: Ctrl-C (which the terminal sends to every process of the group) is the
+    campaign process's to answer; it stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _init_worker(data: FitData, parent: int) -> None:
     global _WORKER_DATA
     _WORKER_DATA = data
+    ignore_interrupts()
     watch_parent(parent)
 
 
@@ -161,11 +205,43 @@ class LocalPoolExecutor:
         for _ in self.pool.map(_noop, range(self.workers)):
             pass
 
-    def map(self, jobs: Iterable[FitJob]) -> Iterator[FitOutcome]:
-        return self.pool.map(_run_in_worker, list(jobs))
+    def map(self, jobs: Iterable[FitJob], deadline: float | None = None) -> Iterator[FitOutcome]:
+        futures = [self.pool.submit(_run_in_worker, job) for job in jobs]
+        return self._results(futures, deadline)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    @staticmethod
+    def _results(futures: list, deadline: float | None) -> Iterator[FitOutcome]:
+        try:
+            for fut in futures:
+                try:
+                    yield fut.result(timeout=_remaining(deadline))
+                except TimeoutError:  # concurrent.futures' TimeoutError is the builtin one
+                    raise OutOfTime from None
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            stop_pool(self.pool)
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace: float = 1.0) -> None:
+    """Stop a process pool now: queued work is cancelled and its processes are terminated (killed if they
+    linger), instead of waiting for what they run."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    end = time.monotonic() + grace
+    for proc in processes:
+        proc.join(timeout=max(0.0, end - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=1.0)
 
 
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -317,16 +393,17 @@ class DaskExecutor:
             start += size
         return chunks
 
-    def map(self, jobs: Iterable[FitJob]) -> Iterator[FitOutcome]:
+    def map(self, jobs: Iterable[FitJob], deadline: float | None = None) -> Iterator[FitOutcome]:
         chunks = self._chunks(list(jobs))
         futures = self._submit(chunks)
         # The previous generation's futures are let go only now, after the new graph went out. Released as
         # each result arrives, their message would hold back the next graph by the client's batching interval
         # (10 ms), on the critical path between generations (measured: vocab +10% -> +6% against the pool).
         self._futures = futures
-        return self._results(chunks, futures)
+        return self._results(chunks, futures, deadline)
 
-    def _results(self, chunks: list[list[FitJob]], futures: list) -> Iterator[FitOutcome]:
+    def _results(self, chunks: list[list[FitJob]], futures: list,
+                 deadline: float | None = None) -> Iterator[FitOutcome]:
         """Outcomes in submission order: wait for the next task, then fetch it together with every later
         one already finished (one gather, not one round trip per task)."""
         lost = (self._distributed.CancelledError, self._distributed.KilledWorker)
@@ -334,7 +411,10 @@ class DaskExecutor:
         i = 0
         while i < len(chunks):
             try:
-                futures[i].exception()  # waits for the task without fetching its result
+                try:
+                    futures[i].exception(timeout=_remaining(deadline))  # waits without fetching the result
+                except TimeoutError:
+                    raise OutOfTime from None
                 j = i + 1
                 while j < len(futures) and futures[j].status == "finished":
                     j += 1
@@ -360,7 +440,7 @@ class DaskExecutor:
         """Worker address -> process id (tests kill one of them)."""
         return self.client.run(os.getpid)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         for f in self._futures:
             f.cancel()
         self._futures = []

@@ -15,6 +15,12 @@ error, so tests can count attempts and inspect what the client sent.
 `refuse` plays a server without (some) structured outputs: a request whose response_format type is in
 `refuse` (a dict type -> Behaviour, e.g. {"json_schema": status(400, message=...)}) gets that behaviour
 without consuming the queue, whenever it comes.
+
+Hostile servers: `trickle(seconds, content)` sends its reply one byte every `seconds` (each read gets
+a byte, so a per-read timeout never fires); a status message may hold "{authorization}", replaced by
+the request's Authorization header (a server that echoes the API key). `server.billed` lists the
+usage of every reply the server started sending: what a provider would bill, whether or not the
+client lived to read it; `server.bill(price_in, price_out)` is its dollar total.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
     delay_s: float = 0.0  # sleep before answering (longer than the client timeout = a timeout)
+    trickle_s: float = 0.0  # send the body one byte every trickle_s seconds
 
 
 def reply(content: str, prompt_tokens: int | None = 100, completion_tokens: int | None = 50,
@@ -55,6 +62,14 @@ def status(code: int, retry_after: str | None = None, delay_s: float = 0.0, mess
 
 def slow(delay_s: float, content: str = '{"candidates": []}') -> Behaviour:
     return reply(content, delay_s=delay_s)
+
+
+def trickle(trickle_s: float, content: str = '{"candidates": []}', prompt_tokens: int | None = 100,
+            completion_tokens: int | None = 50) -> Behaviour:
+    """A reply whose body arrives one byte every `trickle_s` seconds."""
+    b = reply(content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    b.trickle_s = trickle_s
+    return b
 
 
 def response_format_type(body: Any) -> str:
@@ -106,6 +121,7 @@ class ScriptedLLMServer(LoopbackHTTP):
         self.refuse = dict(refuse or {})
         self.queue: deque[Behaviour] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.billed: list[tuple[int, int]] = []  # (prompt, completion) tokens of every reply started
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -130,6 +146,11 @@ class ScriptedLLMServer(LoopbackHTTP):
                 return self.default, self._counter
             return status(500, message="script exhausted"), self._counter
 
+    def bill(self, price_in: float, price_out: float) -> float:
+        """What the replies sent so far cost, in USD, at these prices per million tokens."""
+        with self._lock:
+            return sum(p * price_in + c * price_out for p, c in self.billed) / 1e6
+
     # ---- lifecycle ------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
@@ -144,7 +165,8 @@ class ScriptedLLMServer(LoopbackHTTP):
             def log_message(self, *args):  # keep pytest output clean
                 pass
 
-            def _send_json(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            def _send_json(self, code: int, payload: Any, headers: dict[str, str] | None = None,
+                           trickle_s: float = 0.0) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(code)
@@ -153,7 +175,13 @@ class ScriptedLLMServer(LoopbackHTTP):
                     for k, v in (headers or {}).items():
                         self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not trickle_s:
+                        self.wfile.write(data)
+                        return
+                    for i in range(len(data)):
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(trickle_s)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): nothing to do
 
@@ -171,7 +199,11 @@ class ScriptedLLMServer(LoopbackHTTP):
                 if behaviour.delay_s:
                     time.sleep(behaviour.delay_s)
                 if behaviour.kind == "status":
-                    self._send_json(behaviour.code, behaviour.body, behaviour.headers)
+                    body = behaviour.body
+                    auth = self.headers.get("Authorization", "")
+                    if auth and "{authorization}" in json.dumps(body):
+                        body = json.loads(json.dumps(body).replace("{authorization}", auth))
+                    self._send_json(behaviour.code, body, behaviour.headers)
                     return
                 payload: dict[str, Any] = {
                     "id": f"chatcmpl-scripted-{number}",
@@ -187,7 +219,9 @@ class ScriptedLLMServer(LoopbackHTTP):
                 if behaviour.prompt_tokens is not None or behaviour.completion_tokens is not None:
                     p, c = behaviour.prompt_tokens or 0, behaviour.completion_tokens or 0
                     payload["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-                self._send_json(200, payload, behaviour.headers)
+                with server._lock:
+                    server.billed.append((behaviour.prompt_tokens or 0, behaviour.completion_tokens or 0))
+                self._send_json(200, payload, behaviour.headers, behaviour.trickle_s)
 
         self._serve(Handler)
         return self

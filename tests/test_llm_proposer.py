@@ -309,11 +309,15 @@ def test_token_and_cost_accounting(server):
     assert proposer.cost(10**6, 10**6, "my-local-llama") == 0.0
 
 
-def test_missing_usage_counts_zero(server):
+def test_missing_usage_is_counted_locally(server):
+    # a server that reports no usage does not make calls free (budgets would never stop): the local count is used
     server.push(reply(GOOD, prompt_tokens=None, completion_tokens=None))
     proposer = make(server, prices={"test-model": (2.0, 8.0)})
     [p] = proposer.propose([ctx()])
-    assert (p.calls[0].prompt_tokens, p.calls[0].completion_tokens, p.calls[0].cost_usd) == (0, 0, 0.0)
+    call = p.calls[0]
+    assert call.prompt_tokens > 0 and call.completion_tokens == -(-len(GOOD) // 3)
+    assert call.cost_usd == pytest.approx((call.prompt_tokens * 2 + call.completion_tokens * 8) / 1e6)
+    assert "local count" in call.attempts[-1]
 
 
 # ---- cache and replay ----------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from discovery.tasks.spec import Task
 from discovery.tasks.values import ConstantSpec
@@ -65,6 +65,7 @@ class ProposalContext:
     seen_hashes: frozenset[str] = frozenset()  # laws already evaluated in this run (no need to propose again)
     # why the campaign would reject a parsed law before fitting it (e.g. redundant constants), or None
     screen: Callable[["Law", dict[str, ConstantSpec] | None], str | None] | None = None
+    deadline: float | None = None  # time.monotonic() at which the campaign's time limit is reached
 
 
 @dataclass
@@ -83,6 +84,22 @@ class LLMCall:
     error: str = ""  # the final error, in one line, when status is not ok
     finish_reason: str = ""  # stop | length | ... as reported by the API
     response_format: str = ""  # json_schema | json_object | text: what this call asked the server for
+
+
+class CallLedger(Protocol):
+    """Where a proposer records its LLM calls as they happen (the campaign's store): a request is charged its
+    worst case when sent and settled when it ends, so a kill never leaves a paid call uncounted."""
+
+    def llm_call(self, generation: int, island: int, request_hash: str) -> Any: ...
+
+    def llm_sent(self, generation: int, island: int, request_hash: str, model: str, tokens: int,
+                 cost_usd: float) -> None: ...
+
+    def llm_settled(self, generation: int, island: int, call: "LLMCall", tokens: int, cost_usd: float) -> None: ...
+
+    def llm_unsettled(self) -> list: ...
+
+    def llm_usage(self) -> dict: ...
 
 
 @dataclass

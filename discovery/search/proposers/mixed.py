@@ -15,6 +15,11 @@ class MixedProposer(Proposer):
         self.offline = offline
         self.offline_only = False  # set by the campaign when the LLM has never answered: all slots go offline
 
+    def attach_ledger(self, ledger) -> None:
+        """The LLM part records its calls in the campaign's store (see LLMProposer.attach_ledger)."""
+        if hasattr(self.llm, "attach_ledger"):
+            self.llm.attach_ledger(ledger)
+
     def propose(self, contexts: list[ProposalContext]) -> list[Proposal]:
         if self.offline_only:
             return self.offline.propose(contexts)

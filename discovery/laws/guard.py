@@ -23,8 +23,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from discovery.laws.law import Law, LawError, parse_law, syntax_tree

@@ -4,13 +4,16 @@ Selection sees validation scores only. When the budget is spent, the Pareto fron
 error vs complexity) is refit on all of train and scored once on test for the report. Every
 candidate is committed to the run's SQLite store as it is produced; a killed run resumes at the
 slot where it stopped, because proposals are seeded (and LLM replies cached) so the same slots come
-back and are found in the store instead of being evaluated again.
+back and are found in the store instead of being evaluated again. A run directory has one writer (its
+lock), holds one run (other settings are refused), and a storage failure stops the run with one line
+that says what to do; the time limit is honoured inside a generation too (LLM calls, fits).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import sqlite3
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -20,15 +23,17 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from discovery.laws.cache import parse_cached
 from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options
+from discovery.laws.guard import bounded
 from discovery.laws.identifiability import redundant_constants, screening_rows
 from discovery.laws.law import Law, LawError, parse_law
 from discovery.laws.shape import SHAPE_KEPT, shape_of
-from discovery.search.executors import FitData, FitJob, FitOutcome, constants_json, make_executor
+from discovery.search.executors import FitData, FitJob, FitOutcome, OutOfTime, constants_json, make_executor
 from discovery.search.population import Member, Population, pareto_front
+from discovery.search.proposers.accounting import DEFAULT_PRICES, find_price, unknown_price_message
 from discovery.search.proposers.base import (
     BudgetExhausted,
     Candidate,
@@ -38,8 +43,9 @@ from discovery.search.proposers.base import (
     Rejection,
     Survivor,
 )
+from discovery.search.rundir import RunLock
 from discovery.search.runs import remember
-from discovery.search.store import Store
+from discovery.search.store import Store, storage_error
 from discovery.search.summaries import data_summary, residual_summary
 from discovery.tasks.data import load_frame
 from discovery.tasks.spec import Task, load_task
@@ -84,7 +90,11 @@ class CampaignSettings(BaseModel):
     max_llm_calls: int | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=0, description="total tokens budget over the run")
     max_cost_usd: float | None = Field(default=None, ge=0)
-    llm_timeout: float = 60.0
+    price_in: float | None = Field(default=None, ge=0, description="USD per million prompt tokens of `model`")
+    price_out: float | None = Field(default=None, ge=0, description="USD per million completion tokens of `model`")
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="USD per million (prompt, completion) tokens by model name ([prices] table)")
+    llm_timeout: float = Field(default=60.0, gt=0, description="seconds for one LLM request as a whole")
     llm_cache_dir: str | None = None
     replay_only: bool = False
     out: str | None = None
@@ -98,6 +108,35 @@ class CampaignSettings(BaseModel):
     workers: int | None = Field(default=None, ge=1, description="worker processes (default: one per core)")
     scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler (tcp://host:8786)")
 
+    @model_validator(mode="after")
+    def _dollar_budget_needs_a_price(self) -> "CampaignSettings":
+        if self.proposer != "offline" and self.max_cost_usd is not None and self.model:
+            known = {**DEFAULT_PRICES, **self.prices}
+            if self.price_in is None and self.price_out is None and find_price(known, self.model) is None:
+                raise ValueError(unknown_price_message(self.model, self.max_cost_usd))
+        return self
+
+    def same_run(self, other: "CampaignSettings") -> bool:
+        """Whether two settings define the same run: they may differ only in where it runs and where replies
+        are cached (the results do not depend on those)."""
+        free = {"out", "llm_cache_dir", *PLACEMENT}
+        return self.model_dump(exclude=free) == other.model_dump(exclude=free)
+
+
+def _one_line(exc: ValidationError, where: str = "") -> ValueError:
+    first = exc.errors()[0]
+    loc = ".".join(map(str, first["loc"]))
+    msg = str(first.get("ctx", {}).get("error", "")) or first["msg"]
+    return ValueError(f"{where}field `{loc}`: {msg}" if loc else f"{where}{msg}")
+
+
+def make_settings(**values) -> CampaignSettings:
+    """Settings from keyword values (the command line); a wrong one is one line naming the field."""
+    try:
+        return CampaignSettings(**values)
+    except ValidationError as exc:
+        raise _one_line(exc) from None
+
 
 def load_settings_file(path: Path, **overrides) -> CampaignSettings:
     try:
@@ -108,8 +147,7 @@ def load_settings_file(path: Path, **overrides) -> CampaignSettings:
     try:
         return CampaignSettings.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValueError(f"{path}: field `{'.'.join(map(str, first['loc']))}`: {first['msg']}") from None
+        raise _one_line(exc, f"{path}: ") from None
 
 
 # Settings a resumed run may change: budgets (raised only) and where the fits run (results do not depend on it).
@@ -201,24 +239,35 @@ def make_proposer(settings: CampaignSettings, task: Task) -> Proposer:
 
 
 def parser_for(engine: str) -> Callable[..., Law]:
-    """The fast engine parses each text once per process (and compiles with SymEngine); legacy parses every time."""
-    return parse_law if engine == "legacy" else partial(parse_cached, engine="symengine")
+    """The fast engine parses each text once per process (and compiles with SymEngine); legacy parses every time.
+    Either within the time bound of discovery.laws.guard: a light law (the offline grammar's) is parsed here at
+    once, another was checked by the helper when its proposer parsed it (the verdict is remembered)."""
+    return bounded(parse_law if engine == "legacy" else partial(parse_cached, engine="symengine"))
 
 
 class Campaign:
     """A resumable discovery run. `Campaign(settings).run()`; results land in `run_dir`."""
 
     def __init__(self, settings: CampaignSettings, run_dir: Path | None = None,
-                 proposer: Proposer | None = None, on_progress: Callable[[Progress], None] | None = None):
+                 proposer: Proposer | None = None, on_progress: Callable[[Progress], None] | None = None,
+                 resuming: bool = False):
         self.settings = settings
         self.task = load_task(settings.task)
         self.run_dir = Path(run_dir or settings.out or RESULTS_DIR / self.task.name /
                             f"{settings.proposer}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        # the proposer first: its refusals (no model, no price for a dollar budget) must not leave a run behind
+        self.proposer = proposer or make_proposer(settings, self.task)
+        self._lock = RunLock(self.run_dir)
+        try:  # a folder another process is writing is refused first, whatever it holds
+            self._lock.acquire().release()
+        except OSError as exc:
+            raise storage_error(exc, self._lock.path) from None
         self.store = Store(self.run_dir / "campaign.sqlite")
+        if not resuming:
+            self._refuse_other_run()
         if settings.out or run_dir:
             remember(self.run_dir)  # so `kepler runs` lists it wherever it was written
         self.protocol = Protocol(self.task, load_frame(self.task))
-        self.proposer = proposer or make_proposer(settings, self.task)
         self.on_progress = on_progress or (lambda p: None)
         self._parse = parser_for(settings.engine)
         # Search fits are cheaper than final ones (looser tolerance, fewer evaluations); the Pareto front is
@@ -242,6 +291,22 @@ class Campaign:
         llm = getattr(self.proposer, "llm", self.proposer)
         if hasattr(llm, "listener"):
             llm.listener = self._llm_event
+
+    def _refuse_other_run(self) -> None:
+        """A folder that holds another run (another task, seed, budget...) is never written over or mixed in."""
+        stored = self.store.meta().get("settings")
+        if stored is None:
+            return
+        try:
+            theirs = CampaignSettings.model_validate(stored)
+        except ValidationError:
+            theirs = None
+        if theirs is None or not theirs.same_run(self.settings):
+            what = (f"a run of task {stored.get('task')!r} (proposer {stored.get('proposer')}, seed "
+                    f"{stored.get('seed')}) with other settings" if isinstance(stored, dict) else "another run")
+            self.store.close()
+            raise ValueError(f"{self.run_dir} already holds {what}; continue it with kepler discover --resume "
+                             f"{self.run_dir}, or choose another folder with --out")
 
     def _llm_event(self, line: str) -> None:
         self.progress.llm_event = line
@@ -271,10 +336,14 @@ class Campaign:
         run_dir = Path(run_dir)
         if not (run_dir / "campaign.sqlite").is_file():
             raise ValueError(f"{run_dir}: not a Kepler run directory (no campaign.sqlite)")
-        store = Store(run_dir / "campaign.sqlite")
-        meta = store.meta()
-        last = store.last_generation()
-        store.close()
+        store = Store(run_dir / "campaign.sqlite", readonly=True)  # reading it creates nothing
+        try:
+            meta = store.meta()
+            last = store.last_generation()
+        except sqlite3.Error as exc:
+            raise storage_error(exc, run_dir / "campaign.sqlite") from None
+        finally:
+            store.close()
         if "settings" not in meta:
             raise ValueError(f"{run_dir}: not a Kepler run (no settings in campaign.sqlite)")
         # a run stored before engines existed keeps the code path it started on
@@ -284,7 +353,7 @@ class Campaign:
         task_file = Path(settings.task)
         if task_file.suffix == ".toml" and not task_file.exists() and (run_dir / task_file.name).exists():
             settings = settings.model_copy(update={"task": str(run_dir / task_file.name)})  # the run dir moved
-        campaign = cls(settings, run_dir=run_dir, **kwargs)
+        campaign = cls(settings, run_dir=run_dir, resuming=True, **kwargs)
         if changes:
             campaign._extend(changes, completed)
         campaign.changes = changes
@@ -397,10 +466,9 @@ class Campaign:
         return self._executor
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.close()
-            self._executor = None
+        self._close_executor()
         self.store.close()
+        self._lock.release()
 
     # --- proposing ---------------------------------------------------------------------------
     def _survivor(self, m: Member) -> Survivor:
@@ -411,7 +479,7 @@ class Campaign:
                         n_constants=row["n_constants"] or 0, val_r2=row["val_r2"], val_nmse=row["val_nmse"],
                         constants=first, constant_specs=_specs_from_json(row["constant_specs"]), shape=row["shape"])
 
-    def _contexts(self, gen: int) -> list[ProposalContext]:
+    def _contexts(self, gen: int, deadline: float | None = None) -> list[ProposalContext]:
         # Only what earlier generations produced: a resumed generation must see exactly what it saw first.
         seen = frozenset(r["canonical_hash"] for r in self.store.db.execute(
             "SELECT DISTINCT canonical_hash FROM candidates WHERE canonical_hash IS NOT NULL AND generation < ?",
@@ -428,7 +496,7 @@ class Campaign:
                 task=self.task, generation=gen, island=island, n=self.settings.children,
                 seed=_seed_for(self.settings.seed, gen, island) % (2**32), survivors=survivors,
                 rejections=rejections, residuals=residuals, data_summary=self._summary, seen_hashes=seen,
-                screen=self._screen))
+                screen=self._screen, deadline=deadline))
         return contexts
 
     def _residuals(self, best: Member) -> str:
@@ -457,7 +525,8 @@ class Campaign:
         if last is None:
             return 0
         self.population.restore(json.loads(last["islands"]), self.members)
-        counts = self.store.counts()
+        # completed generations only: the slots a generation cut short had stored are counted when it replays
+        counts = self.store.counts(before_generation=int(last["generation"]) + 1)
         self.progress.evaluated = counts.get("evaluated", 0) + counts.get("failed", 0)
         self.progress.rejected = counts.get("rejected", 0)
         self.progress.duplicates = counts.get("duplicate", 0)
@@ -470,37 +539,79 @@ class Campaign:
             self.progress.best_val_r2, self.progress.best_formula = row["val_r2"], row["formula"]
         return int(last["generation"]) + 1
 
-    def _out_of_time(self, t0: float) -> bool:
+    def _deadline(self, t0: float) -> float | None:
+        """The monotonic time at which the search's time limit is reached (None: no limit)."""
         limit = self.settings.time_limit
-        return limit is not None and self._elapsed_before + time.monotonic() - t0 > limit
+        return None if limit is None else t0 + limit - self._elapsed_before
+
+    def _out_of_time(self, t0: float) -> bool:
+        deadline = self._deadline(t0)
+        return deadline is not None and time.monotonic() > deadline
+
+    def _stopped_by_clock(self) -> str:
+        self._clock_search = True
+        self.store.event("clock", "time limit")
+        self.progress.clock = self._clock_note()
+        return "budget: time limit"
 
     def run(self) -> dict:
-        """Run (or continue) the search, then the final report; returns best.json's content."""
+        """Run (or continue) the search, then the final report; returns best.json's content.
+
+        The run directory is locked meanwhile (a second writer is refused); a storage failure raises
+        StorageError, with the run left as it was (resumable)."""
+        try:
+            self._lock.acquire()
+        except OSError as exc:
+            raise storage_error(exc, self._lock.path) from None
+        try:
+            return self._run()
+        except sqlite3.Error as exc:
+            self._mark_interrupted()
+            raise storage_error(exc, self.store.path) from None
+        except BaseException:  # Ctrl-C, a storage error, a bug: the run stops where it is, and resumes from there
+            self._mark_interrupted()
+            raise
+        finally:
+            self._lock.release()
+
+    def _mark_interrupted(self) -> None:
+        try:
+            if self.store.meta().get("status") == "running":
+                self.store.set_meta(status="interrupted")
+        except sqlite3.Error:
+            pass  # a full disk: `kepler runs` still shows it interrupted (no process holds its lock)
+
+    def _run(self) -> dict:
         s = self.settings
         meta = self.store.meta()
         if "settings" not in meta:
             self.store.set_meta(settings=s.model_dump(), task=self.task.name, proposer=s.proposer, seed=s.seed,
                                 status="running", created=time.time())
         elif meta.get("status") == "finished":
-            return json.loads((self.run_dir / "best.json").read_text())
+            try:
+                return json.loads((self.run_dir / "best.json").read_text())
+            except (OSError, ValueError):  # best.json lost or cut short: the report is made again from the store
+                self._restore()
+                return self.finish(meta.get("stop_reason", "budget: generations"))
         start = self._restore()
         self.progress.completed = start
         _ = self.executor  # start worker processes now, before any proposer thread exists
-        if start > 0 and hasattr(self.proposer, "add_previous_usage"):
-            # budgets span the whole run; the generation being resumed is re-proposed (from the cache) and counts then
+        if hasattr(self.proposer, "attach_ledger"):
+            # every LLM call of the run is in the store, charged when it was sent: budgets span the whole run, and
+            # calls a kill left unsettled are settled now (from the reply cache) or charged at their worst case
+            self.proposer.attach_ledger(self.store)
+        elif start > 0 and hasattr(self.proposer, "add_previous_usage"):
             usage = self.store.llm_usage(before_generation=start)
             self.proposer.add_previous_usage(calls=usage["calls"], prompt_tokens=usage["prompt_tokens"],
                                              completion_tokens=usage["completion_tokens"], cost_usd=usage["cost_usd"])
         self.store.set_meta(status="running")
         t0 = time.monotonic()
         stop_reason = "budget: generations"
+        interrupted = True
         try:
             for gen in range(start, s.generations):
                 if self._out_of_time(t0):
-                    stop_reason = "budget: time limit"
-                    self._clock_search = True
-                    self.store.event("clock", "time limit")
-                    self.progress.clock = self._clock_note()
+                    stop_reason = self._stopped_by_clock()
                     break
                 self.progress.generation = gen
                 silence = self._llm_silence(gen)
@@ -510,24 +621,41 @@ class Campaign:
                 if silence and hasattr(self.proposer, "offline_only") and not self.proposer.offline_only:
                     self.proposer.offline_only = True
                     self._warn(f"{silence}; from generation {gen + 1} on this run is offline only")
+                deadline = self._deadline(t0)
                 try:
-                    contexts = self._contexts(gen)
+                    contexts = self._contexts(gen, deadline)
                     if self._pipelined:  # island by island: island 0 is fitted while island 1 is proposed
                         proposals = (self.proposer.propose([ctx])[0] for ctx in contexts)
                     else:
                         proposals = iter(self.proposer.propose(contexts))
-                    self._run_generation(gen, proposals)
+                        if self._out_of_time(t0):  # the limit struck while proposing: the generation is dropped
+                            stop_reason = self._stopped_by_clock()
+                            break
+                    self._run_generation(gen, proposals, deadline)
                 except BudgetExhausted as exc:
                     stop_reason = f"budget: {exc}"
                     break
+                except OutOfTime:  # while fitting: what is written stays, the rest of the generation is dropped
+                    stop_reason = self._stopped_by_clock()
+                    break
                 self.store.set_meta(search_seconds=self._elapsed_before + time.monotonic() - t0)
+            interrupted = False
         finally:
-            self.store.set_meta(search_seconds=self._elapsed_before + time.monotonic() - t0)
-            if self._executor is not None:
-                self._executor.close()
-                self._executor = None
+            try:
+                self.store.set_meta(search_seconds=self._elapsed_before + time.monotonic() - t0)
+            except sqlite3.Error:
+                if not interrupted:
+                    raise
+            finally:
+                self._close_executor(kill=interrupted)
         self.store.event("stop", stop_reason)
         return self.finish(stop_reason)
+
+    def _close_executor(self, kill: bool = False) -> None:
+        """Stop the fit workers; `kill`: at once (Ctrl-C, an error, the time limit), without waiting for fits."""
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.close(kill=kill)
 
     @property
     def _pipelined(self) -> bool:
@@ -539,35 +667,41 @@ class Campaign:
         return self.settings.engine == "fast" and self.settings.proposer == "offline" and \
             self.settings.executor != "dask"
 
-    def _run_generation(self, gen: int, proposals: Iterable[Proposal]) -> None:
+    def _run_generation(self, gen: int, proposals: Iterable[Proposal], deadline: float | None = None) -> None:
         """Plan every slot, fit the new laws (in parallel when the executor allows), write in slot order.
 
         Every slot of the generation is planned before anything is written, so a plan sees only earlier
-        generations in the store, however the fits are handed out."""
+        generations in the store, however the fits are handed out. OutOfTime when the deadline passes while
+        fitting: the slots written so far stay written."""
         rng = np.random.default_rng(_seed_for(self.settings.seed, gen, 999))
         plans: list[tuple[int, dict]] = []
         batch: dict[str, tuple[int, int]] = {}
         handed_out: list[Iterator[FitOutcome]] = []
         for island, proposal in enumerate(proposals):
             for call in proposal.calls:
-                self.store.add_llm_call(gen, island, call)
+                self.store.add_llm_call(gen, island, call)  # kept as is if the proposer's ledger wrote it
             items: list[Candidate | Rejection] = [*proposal.candidates, *proposal.rejections]
             planned = [(island, self._plan(gen, island, slot, item, batch)) for slot, item in enumerate(items)]
             plans.extend(planned)
             if self._pipelined:
-                handed_out.append(iter(self.executor.map([p["job"] for _, p in planned if p["kind"] == "fit"])))
+                handed_out.append(iter(self.executor.map([p["job"] for _, p in planned if p["kind"] == "fit"],
+                                                         deadline=deadline)))
         self.progress.llm = self.store.llm_usage()
         if self._pipelined:
             outcomes = chain.from_iterable(handed_out)
         else:
-            outcomes = iter(self.executor.map(p["job"] for _, p in plans if p["kind"] == "fit"))
+            outcomes = iter(self.executor.map((p["job"] for _, p in plans if p["kind"] == "fit"), deadline=deadline))
         newcomers: list[list[Member]] = [[] for _ in range(self.settings.islands)]  # one proposal per island
-        for island, plan in plans:
-            member = self._write(plan, next(outcomes) if plan["kind"] == "fit" else None)
-            if member is not None:
-                self.members[member.id] = member
-                newcomers[island].append(member)
-            self.on_progress(self.progress)
+        try:
+            for island, plan in plans:
+                member = self._write(plan, next(outcomes) if plan["kind"] == "fit" else None)
+                if member is not None:
+                    self.members[member.id] = member
+                    newcomers[island].append(member)
+                self.on_progress(self.progress)
+        except OutOfTime:
+            self._close_executor(kill=True)  # fits still running are of no use now
+            raise
         for island, members in enumerate(newcomers):
             self.population.admit(island, members, rng)
         self.population.migrate(gen)
@@ -600,7 +734,10 @@ class Campaign:
             result = {"task": self.task.name, "status": "no law evaluated", "stop_reason": stop_reason, "llm": llm,
                       "warnings": self.warnings,
                       "clock": self._clock_note() or None}
-            (self.run_dir / "best.json").write_text(json.dumps(result, indent=2))
+            try:
+                (self.run_dir / "best.json").write_text(json.dumps(result, indent=2))
+            except OSError as exc:
+                raise storage_error(exc, self.run_dir / "best.json") from None
             return result
         best = min(everyone, key=lambda m: m.rank)
         front = pareto_front(everyone)
@@ -647,8 +784,12 @@ class Campaign:
                     f"(starting from the validated constants) and scored once on test."),
         }
         tmp = self.run_dir / "best.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, default=float))
-        tmp.replace(self.run_dir / "best.json")
+        try:
+            tmp.write_text(json.dumps(result, indent=2, default=float))
+            tmp.replace(self.run_dir / "best.json")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(exc, self.run_dir / "best.json") from None
         self.store.set_meta(status="finished", stop_reason=stop_reason, best_val_r2=best_report["validation"]["r2"],
                             best_test_r2=best_report["test"]["r2"])
         self.progress.status = "finished"
@@ -665,7 +806,8 @@ class Campaign:
         return {"calls": usage["calls"], "cached": usage["cached"], "failed": usage["failed"],
                 "retries": usage["retries"], "errors": dict(self.store.llm_errors()[:5]),
                 "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-                "cost_usd": round(usage["cost_usd"], 6)}
+                "cost_usd": round(usage["cost_usd"], 6), "charged_usd": round(usage["charged_usd"], 6),
+                "charged_tokens": usage["charged_tokens"]}
 
     def _law_report(self, row, law: Law, fit: LawFit, test: Scores) -> dict:
         groups = sorted({g for g, _ in fit.fits})
@@ -689,7 +831,11 @@ class Campaign:
     def _human_report(self, test) -> list[dict]:
         out = []
         for human in self.task.human_laws:
-            law = parse_human_law(self.task, human)
+            try:
+                law = parse_human_law(self.task, human)
+            except LawError as exc:  # a broken human law in the task file: said, the report goes on
+                self._warn(str(exc))
+                continue
             val_fits = dict(human_fits(self.task, self.protocol.fit_part, human, self.settings.seed))
             test_fits = dict(human_fits(self.task, self.protocol.train, human, self.settings.seed))
             for variant, tf in test_fits.items():

@@ -1,4 +1,4 @@
-"""Find campaign runs on disk and summarise them from their stores.
+"""Find campaign runs on disk and summarise them from their stores (read only: listing writes nothing).
 
 A run written with `--out` outside `results/` is remembered in a small index (`runs.txt` in Kepler's cache
 folder, `KEPLER_CACHE_DIR` or ~/.cache/kepler), so `kepler runs` lists it with the runs under `results/`.
@@ -6,9 +6,11 @@ folder, `KEPLER_CACHE_DIR` or ~/.cache/kepler), so `kepler runs` lists it with t
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
-from discovery.search.store import Store
+from discovery.search.rundir import in_use
+from discovery.search.store import StorageError, Store
 
 
 def index_path() -> Path:
@@ -53,16 +55,24 @@ def find_runs(*roots: Path) -> list[dict]:
 
 
 def summarise(db: Path) -> dict:
-    store = Store(db)
     try:
-        meta = store.meta()
-        counts = store.counts()
-        best = store.db.execute("SELECT MAX(val_r2) AS r2 FROM fits").fetchone()["r2"]
-    finally:
-        store.close()
+        store = Store(db, readonly=True)
+        try:
+            meta = store.meta()
+            counts = store.counts()
+            best = store.db.execute("SELECT MAX(val_r2) AS r2 FROM fits").fetchone()["r2"]
+        finally:
+            store.close()
+    except (StorageError, sqlite3.Error) as exc:  # a damaged store is listed as such, not a crash
+        return {"run_dir": str(db.parent), "task": "?", "proposer": "?", "seed": None,
+                "status": f"unreadable: {' '.join(str(exc).split())[:120]}", "evaluated": 0,
+                "best_val_r2": None, "best_test_r2": None}
+    status = meta.get("status", "?")
+    if status == "running" and not in_use(db.parent):
+        status = "interrupted"  # killed, or stopped by a storage error: nobody holds its lock
     return {
         "run_dir": str(db.parent), "task": meta.get("task", "?"), "proposer": meta.get("proposer", "?"),
-        "seed": meta.get("seed"), "status": meta.get("status", "?"),
+        "seed": meta.get("seed"), "status": status,
         "evaluated": counts.get("evaluated", 0) + counts.get("failed", 0),
         "best_val_r2": meta.get("best_val_r2", best), "best_test_r2": meta.get("best_test_r2"),
     }

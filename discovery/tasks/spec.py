@@ -31,6 +31,9 @@ def curated_tasks_dir() -> Path:
 
 TASKS_DIR = curated_tasks_dir()
 IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+# A task's name names its file, its data folder and its results folder: a plain name, never a path (`..`).
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+PLAIN_NAME = "a plain name (letters, digits, _ and -, up to 64; it names files and folders)"
 
 
 class TaskError(ValueError):
@@ -161,7 +164,7 @@ class SplitSpec(Strict):
 
 
 class Task(Strict):
-    name: str
+    name: str = Field(description=PLAIN_NAME)
     title: str
     description: str = ""
     paper: str = Field(
@@ -187,6 +190,13 @@ class Task(Strict):
     sldbench: bool = Field(default=False, description="one of the eight SLDBench tasks (official split and metric)")
 
     _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not TASK_NAME.match(v):
+            raise ValueError(f"task name {v!r} must be {PLAIN_NAME}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "Task":
@@ -294,7 +304,8 @@ def task_files() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d in task_dirs():
         for p in sorted(d.glob("*.toml")):
-            found.setdefault(p.stem, p)
+            if TASK_NAME.match(p.stem):  # `...toml` names no task (its name would be `..`)
+                found.setdefault(p.stem, p)
     return found
 
 
@@ -306,6 +317,7 @@ def shadowed() -> list[tuple[Path, Path]]:
 
 
 def list_tasks() -> list[str]:
+    """Task names found in the task folders (a file whose name is not a plain name, such as `...toml`, is none)."""
     return sorted(task_files())
 
 
@@ -319,6 +331,8 @@ def load_task(name: str) -> Task:
     p = Path(name)
     if p.suffix == ".toml" and p.exists():
         return _load_cached(str(p.resolve()), p.stat().st_mtime)
+    if not isinstance(name, str) or not TASK_NAME.match(name):  # refused before any path is built from it
+        raise TaskError(f"task name {name!r} is not {PLAIN_NAME}; see `kepler tasks`")
     candidate = task_files().get(name)
     if candidate is not None:
         return _load_cached(str(candidate.resolve()), candidate.stat().st_mtime)

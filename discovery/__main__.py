@@ -1,6 +1,4 @@
 """`python -m discovery ...` is `kepler ...`."""
-import sys
+from discovery.cli import entry
 
-from discovery.cli import main
-
-sys.exit(main())
+entry()

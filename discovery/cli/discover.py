@@ -73,12 +73,15 @@ def _final_table(result: dict) -> Table:
 def cmd_discover(args: argparse.Namespace) -> int:
     from rich.live import Live
 
-    from discovery.search.campaign import Campaign, CampaignSettings, load_settings_file
+    from discovery.laws import guard
+    from discovery.search.campaign import Campaign, load_settings_file, make_settings
+
+    guard.prestart()  # forked now, while this process has one thread: human laws and LLM formulas go through it
 
     overrides = {k: getattr(args, k) for k in ("proposer", "seed", "generations", "population", "islands",
                                                 "children", "time_limit", "model", "base_url", "max_llm_calls",
-                                                "max_tokens", "max_cost_usd", "out", "llm_cache_dir", "structured",
-                                                "executor", "workers", "scheduler")}
+                                                "max_tokens", "max_cost_usd", "price_in", "price_out", "out",
+                                                "llm_cache_dir", "structured", "executor", "workers", "scheduler")}
     if args.replay:
         overrides["replay_only"] = True
     live = Live(console=console, refresh_per_second=4, transient=False)
@@ -102,17 +105,18 @@ def cmd_discover(args: argparse.Namespace) -> int:
         else:
             if not args.task:
                 raise ValueError("give a task (see `kepler tasks`), --csv FILE, a --config file, or --resume DIR")
-            settings = CampaignSettings(task=args.task, **{k: v for k, v in overrides.items() if v is not None})
+            settings = make_settings(task=args.task, **{k: v for k, v in overrides.items() if v is not None})
         campaign = Campaign(settings, on_progress=update)
     console.print(f"run directory: {campaign.run_dir}")
     try:
         with showing(live):
             result = campaign.run()
-    except KeyboardInterrupt:
-        campaign.store.set_meta(status="interrupted")
+    except KeyboardInterrupt:  # the campaign marked itself interrupted and stopped its workers
         console.print(f"\n[yellow]stopped.[/] Everything evaluated so far is saved. Resume with:\n"
                       f"  kepler discover --resume {campaign.run_dir}")
         return 130
+    finally:
+        campaign.close()
     if "best" not in result:
         console.print(f"[red]{result.get('status')}[/]: stopped by {escape(str(result.get('stop_reason')))}"
                       + (f" [yellow]{result['clock']}[/]" if result.get("clock") else ""), soft_wrap=True)
@@ -174,7 +178,10 @@ def add_commands(sub) -> None:
     p.add_argument("--children", type=int, help="candidates per island per generation")
     p.add_argument("--max-llm-calls", type=int, dest="max_llm_calls")
     p.add_argument("--max-tokens", type=int, dest="max_tokens", help="total LLM tokens budget")
-    p.add_argument("--max-cost-usd", type=float, dest="max_cost_usd")
+    p.add_argument("--max-cost-usd", type=float, dest="max_cost_usd",
+                   help="dollar budget (needs the model's price: known ones, --price-in/--price-out, or [prices])")
+    p.add_argument("--price-in", type=float, dest="price_in", help="USD per million prompt tokens of --model")
+    p.add_argument("--price-out", type=float, dest="price_out", help="USD per million completion tokens of --model")
     p.add_argument("--time-limit", type=float, dest="time_limit",
                    help="seconds of search (default none: the generations budget decides; a limit that binds makes "
                    "the result depend on machine speed, and the run says so)")

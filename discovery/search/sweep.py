@@ -37,7 +37,14 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from discovery.search.campaign import RESULTS_DIR, Campaign, CampaignSettings
-from discovery.search.executors import close_dask, dask_client, single_blas_thread_env, watch_parent
+from discovery.search.executors import (
+    close_dask,
+    dask_client,
+    ignore_interrupts,
+    single_blas_thread_env,
+    stop_pool,
+    watch_parent,
+)
 from discovery.tasks.spec import list_tasks, load_task
 
 # Fields the sweep sets per run; the shared campaign settings may not.
@@ -136,6 +143,12 @@ class SweepSettings(BaseModel):
             raise ValueError(f"{', '.join(fixed)} are set by the sweep, not in [campaign]")
         CampaignSettings(task="_", **v)  # unknown or invalid fields fail here, before anything runs
         return v
+
+    @model_validator(mode="after")
+    def _campaigns_valid(self) -> "SweepSettings":
+        for proposer in self.proposers:  # e.g. an LLM's dollar budget needs a price: refused before anything runs
+            CampaignSettings(task="_", proposer=proposer, **self.campaign)
+        return self
 
     def runs(self) -> list[tuple[str, int, str]]:
         return [(t, s, p) for t in self.tasks for p in self.proposers for s in self.seeds]
@@ -239,6 +252,16 @@ def summarize(result: dict) -> dict:
         "wall_seconds": result.get("wall_seconds"),
         "stop_reason": result.get("stop_reason"),
     }
+
+
+def _pool_worker(parent: int) -> None:
+    """A sweep's pool process: ends with its parent, and leaves Ctrl-C to it (it is stopped by the sweep). Its
+    formula helper is forked first, while the process has one thread (see discovery.laws.guard)."""
+    from discovery.laws import guard
+
+    ignore_interrupts()
+    guard.prestart()
+    watch_parent(parent)
 
 
 # --- the sweep ---------------------------------------------------------------------------------
@@ -432,7 +455,7 @@ class Sweep:
 
     def _run_pool(self, todo, notify, workers: int, poll: float) -> None:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=watch_parent, initargs=(os.getpid(),))
+                                   initializer=_pool_worker, initargs=(os.getpid(),))
         try:
             pending = {}
             with single_blas_thread_env():  # the pool's processes start during these submissions
@@ -447,9 +470,7 @@ class Sweep:
                 notify(self.progress())
         except BaseException:
             # interrupted: stop the campaigns now (each store is consistent after every candidate; they resume)
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
+            stop_pool(pool)
             raise
         finally:  # a dead pool worker fails its runs (BrokenProcessPool); a resumed sweep finishes them
             pool.shutdown(wait=True, cancel_futures=True)

@@ -5,6 +5,7 @@ that reason, by the helper process that parses untrusted text, which is then sto
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -109,6 +110,7 @@ def _user_task(tmp_path, monkeypatch, human_formula: str) -> None:
     lines = ["n,loss,split"] + [f"{x!r},{y!r},{'test' if i >= 10 else 'train'}"
                                 for i, (x, y) in enumerate(zip(n.tolist(), loss.tolist(), strict=True))]
     (data / "data.csv").write_text("\n".join(lines) + "\n")
+    digest = hashlib.sha256((data / "data.csv").read_bytes()).hexdigest()
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "hostile_task.toml").write_text(f'''
@@ -127,7 +129,7 @@ validation_axis = "n"
 [[sources]]
 file = "data.csv"
 url = "https://example.org/data.csv"
-sha256 = "{"0" * 64}"
+sha256 = "{digest}"
 format = "csv"
 [[human_laws]]
 name = "hostile"

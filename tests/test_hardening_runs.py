@@ -102,7 +102,7 @@ def test_out_on_another_tasks_run_is_refused(reference, tmp_path, capsys):
 def test_resume_of_a_missing_folder_creates_nothing(tmp_path, capsys):
     missing = tmp_path / "no" / "such" / "run"
     assert main(["discover", "--resume", str(missing)]) == 2
-    assert "no Kepler run there" in capsys.readouterr().err
+    assert "not a Kepler run directory" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
 
 

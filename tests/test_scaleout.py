@@ -114,7 +114,7 @@ def test_dask_scatters_the_data_once_and_sends_only_the_jobs():
         def __init__(self, value):
             self.value = value
 
-        def exception(self):
+        def exception(self, timeout=None):
             return None
 
         def release(self):
@@ -181,10 +181,10 @@ def test_killed_dask_worker_loses_nothing(tmp_path, reference, monkeypatch, work
     killed: list[tuple[int, list]] = []
     real_map = executors.DaskExecutor.map
 
-    def map_and_kill(self, jobs):
+    def map_and_kill(self, jobs, deadline=None):
         jobs = list(jobs)
         pids = self.worker_pids()
-        results = real_map(self, jobs)
+        results = real_map(self, jobs, deadline)
         if not killed and self._count > len(jobs):  # generation 1 or later: fits are now on the workers
             deadline = time.monotonic() + 10
             busy = {}

@@ -711,6 +711,9 @@ class Campaign:
         self.progress.completed = gen + 1
         self.on_progress(self.progress)
 
+    def _generations_completed(self) -> int:
+        return (self.store.last_generation() or {"generation": -1})["generation"] + 1
+
     def _clock_note(self, final_fits: int = 0) -> str:
         """CLOCK_NOTE and what the clock stopped, or "" when no time limit bound (the usual case)."""
         what = []
@@ -732,8 +735,9 @@ class Campaign:
         if not everyone:
             self.store.set_meta(status="finished", stop_reason=stop_reason)
             result = {"task": self.task.name, "status": "no law evaluated", "stop_reason": stop_reason, "llm": llm,
-                      "warnings": self.warnings,
-                      "clock": self._clock_note() or None}
+                      "warnings": self.warnings, "clock": self._clock_note() or None,
+                      "candidates_evaluated": 0, "candidates_rejected": self.progress.rejected,
+                      "generations_completed": self._generations_completed()}
             try:
                 (self.run_dir / "best.json").write_text(json.dumps(result, indent=2))
             except OSError as exc:
@@ -775,7 +779,7 @@ class Campaign:
             "candidates_evaluated": self.progress.evaluated,
             "candidates_rejected": self.progress.rejected,
             "duplicates_skipped": self.progress.duplicates,
-            "generations_completed": (self.store.last_generation() or {"generation": -1})["generation"] + 1,
+            "generations_completed": self._generations_completed(),
             "wall_seconds": round(float(meta.get("search_seconds", 0.0)), 2),
             "llm": llm,
             "warnings": self.warnings,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -91,6 +92,36 @@ def validation_mask(split: SplitSpec, train: pd.DataFrame) -> np.ndarray:
     return val
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One forward fold of train: fit on `fit`, score on `validation` (block by block when `blocks` is set)."""
+
+    fit: Dataset
+    validation: Dataset
+    blocks: np.ndarray | None = None
+
+    def score(self, pred: np.ndarray) -> Scores:
+        return score_blocks(self.validation.Y, pred, self.blocks)
+
+
+def _forward(split: SplitSpec, frame: pd.DataFrame, val: np.ndarray) -> bool:
+    """Whether a fold carved by `val` is a real one: every group keeps at least 3 rows to fit, and (for a scale
+    split) every group's validation rows lie strictly above its fit rows on the axis: once a group is down to
+    one axis value, the row-count fallback of `_validation_mask` would pick rows by file order instead."""
+    if not val.any():
+        return False
+    axis = frame[split.validation_axis].to_numpy(dtype=float)
+    groups = frame["group"].astype(str).to_numpy()
+    for g in np.unique(groups):
+        at = groups == g
+        fit, held = at & ~val, at & val
+        if fit.sum() < 3:
+            return False
+        if split.validation_rule == "largest" and held.any() and axis[held].min() <= axis[fit].max():
+            return False
+    return True
+
+
 class Protocol:
     """Holds a task's rows and hands out splits: fit part, validation, full train; test on request."""
 
@@ -107,6 +138,7 @@ class Protocol:
         self.fit_part = Dataset.from_frame(train[~val], cols, targets, "fit")
         self.validation = Dataset.from_frame(train[val], cols, targets, "validation")
         self.validation_blocks = validation_blocks(task.split, train[val], targets)
+        self._train_frame = train
         self.test_reads = 0
 
     @property
@@ -116,6 +148,27 @@ class Protocol:
     def validation_score(self, pred: np.ndarray) -> Scores:
         """Predictions on the validation slice, scored as selection sees them (see validation_blocks)."""
         return score_blocks(self.validation.Y, pred, self.validation_blocks)
+
+    def folds(self, n: int) -> list[Fold]:
+        """Up to `n` forward folds, each carved out of the previous fold's fit rows by the task's validation
+        rule: fold 0 is (fit part, validation); fold 1 fits on the rows below that fit part's own
+        largest-scale slice and scores that slice, one step further down the scale; and so on. Each fold
+        imitates the test split one step smaller, so a law's scores over the folds show whether it keeps
+        extrapolating, rather than whether it happens to fit one slice. Stops early when a fold would leave
+        a group with too few rows to fit."""
+        out = [Fold(self.fit_part, self.validation, self.validation_blocks)]
+        frame = self._train_frame[~validation_mask(self.task.split, self._train_frame)]
+        cols, targets = self.task.columns, self.task.targets
+        while len(out) < n:
+            val = validation_mask(self.task.split, frame)
+            rest = frame[~val]
+            if not _forward(self.task.split, frame, val):
+                break
+            out.append(Fold(Dataset.from_frame(rest, cols, targets, "fit"),
+                            Dataset.from_frame(frame[val], cols, targets, "validation"),
+                            validation_blocks(self.task.split, frame[val], targets)))
+            frame = rest
+        return out
 
     def final_test(self, purpose: str) -> Dataset:
         """The test split, for the final report only. Every call is logged with its purpose."""

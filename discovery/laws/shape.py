@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from discovery.laws.fit import LawFit
     from discovery.tasks.dataset import Dataset
 
-HORIZON = 100.0  # how far a positive variable is followed beyond its largest observed value (x100)
+HORIZON = 100.0  # how far a positive variable is followed closely beyond its largest observed value (x100)
+# ...and where it is checked once more, far beyond: a law that extrapolates must approach a floor, not drift
+# away through a slowly growing log term that still looks fine two decades out
+FAR_FIELD = (1e3, 1e6, 1e12)
 TOLERANCE = 1e-3  # a breach below this share of the target's observed range is numerical noise
 GRID_POINTS = 48  # points along the variable, from its smallest observed value to the horizon
 MAX_BASES = 32  # settings of the other variables to check at (spread over the observed rows)
@@ -29,12 +32,14 @@ GROUP_SHARE = 0.1  # a law breaks the priors when more than this share of its gr
 SHAPE_KEPT = "keeps the task's shape priors"  # what reports say of a law that breaks none
 
 
-def _grid(values: np.ndarray) -> np.ndarray:
-    """From the smallest observed value to HORIZON x the largest (positive variables), or one observed
-    range width beyond the largest (variables that may be negative, often already logarithms)."""
+def _grid(values: np.ndarray, far_field: bool = False) -> np.ndarray:
+    """From the smallest observed value to HORIZON x the largest, then the FAR_FIELD points (positive
+    variables), or one observed range width beyond the largest (variables that may be negative, often
+    already logarithms)."""
     lo, hi = float(np.min(values)), float(np.max(values))
     if lo > 0:
-        return np.geomspace(lo, hi * HORIZON, GRID_POINTS)
+        near = np.geomspace(lo, hi * HORIZON, GRID_POINTS)
+        return np.concatenate([near, hi * np.array(FAR_FIELD)]) if far_field else near
     return np.linspace(lo, hi + (hi - lo), GRID_POINTS)
 
 
@@ -51,7 +56,7 @@ def _where(at: float, X: np.ndarray, index: int) -> str:
 
 
 def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: float,
-              priors: ShapePriors) -> str | None:
+              priors: ShapePriors, far_field: bool = False) -> str | None:
     """None if `predict` keeps every prior over the data and up to the horizon beyond; else what breaks.
 
     `X` are the observed rows (they fix where the other variables are held), `span` the target's
@@ -59,7 +64,7 @@ def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: 
     """
     span = span if np.isfinite(span) and span > 0 else 1.0
     for index, symbol, sign in priors.followed():
-        grid = _grid(X[:, index])
+        grid = _grid(X[:, index], far_field)
         bases = _bases(X, index)
         Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
         try:
@@ -88,7 +93,7 @@ def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: 
     return None
 
 
-def shape_of(fit: "LawFit", seen: "Dataset", priors: ShapePriors) -> str | None:
+def shape_of(fit: "LawFit", seen: "Dataset", priors: ShapePriors, far_field: bool = False) -> str | None:
     """What a fitted law breaks, or None. Each group and target is checked at that group's rows.
 
     The priors judge a law's form through its fits. With many groups, one group's fit running out of
@@ -101,7 +106,7 @@ def shape_of(fit: "LawFit", seen: "Dataset", priors: ShapePriors) -> str | None:
     for (group, t), gf in sorted(fit.fits.items()):
         rows = seen.groups == group
         why = violation(lambda X, theta=gf.theta: fit.law.predict(X, theta), seen.X[rows],
-                        float(np.ptp(seen.Y[rows, t])), priors)
+                        float(np.ptp(seen.Y[rows, t])), priors, far_field)
         if why:
             broken.append(why if len(fit.fits) == 1 else f"{group}/{fit.targets[t]}: {why}")
     if len(broken) <= GROUP_SHARE * len(fit.fits):

@@ -45,6 +45,7 @@ from discovery.search.proposers.base import (
 )
 from discovery.search.rundir import RunLock
 from discovery.search.runs import remember
+from discovery.search.selection import combine
 from discovery.search.store import Store, storage_error
 from discovery.search.summaries import data_summary, residual_summary
 from discovery.tasks.data import load_frame
@@ -107,6 +108,19 @@ class CampaignSettings(BaseModel):
         "against (benchmarks/search_throughput.py)")
     workers: int | None = Field(default=None, ge=1, description="worker processes (default: one per core)")
     scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler (tcp://host:8786)")
+    # How laws are judged (search and final choice alike): chosen on validation-only evidence over all curated
+    # tasks and several seeds (benchmarks/discovery_quality.py --nested, benchmarks/selection_study.py)
+    selection_folds: int = Field(
+        default=1, ge=1, le=4, description="forward folds a law is scored on (1: the validation slice alone; more: "
+        "also fitted afresh one step, two steps... further down the scale and scored there; see "
+        "evaluators.protocol.Protocol.folds)")
+    selection_rule: Literal["mean", "max"] = Field(
+        default="mean", description="how the folds' NMSE make one score: their mean, or the worst fold")
+    far_field: bool = Field(
+        default=False, description="shape priors also checked at 1e3, 1e6 and 1e12 x the largest observed value")
+    basis: bool = Field(
+        default=False, description="the offline grammar proposes the classic families first (power law per variable, "
+        "their sum, their product)")
 
     @model_validator(mode="after")
     def _dollar_budget_needs_a_price(self) -> "CampaignSettings":
@@ -228,14 +242,14 @@ def make_proposer(settings: CampaignSettings, task: Task) -> Proposer:
 
     parse, fast = parser_for(settings.engine), settings.engine == "fast"
     if settings.proposer == "offline":
-        return OfflineProposer(task, parse=parse, memoize=fast)
+        return OfflineProposer(task, parse=parse, memoize=fast, basis=settings.basis)
     from discovery.search.proposers.llm import LLMProposer
     from discovery.search.proposers.mixed import MixedProposer
 
     llm = LLMProposer.from_settings(settings, task)
     if settings.proposer == "llm":
         return llm
-    return MixedProposer(llm, OfflineProposer(task, parse=parse, memoize=fast))
+    return MixedProposer(llm, OfflineProposer(task, parse=parse, memoize=fast, basis=settings.basis))
 
 
 def parser_for(engine: str) -> Callable[..., Law]:
@@ -276,7 +290,9 @@ class Campaign:
                                    polish=False, tol=1e-6, time_limit=settings.fit_time_limit)
         self.population = Population(settings.islands, settings.population)
         self._fit_data = FitData(self.task.symbols, self.task.targets, self.protocol.fit_part,
-                                 self.protocol.validation, self.task.shape_priors(), self.protocol.validation_blocks)
+                                 self.protocol.validation, self.task.shape_priors(), self.protocol.validation_blocks,
+                                 far_field=settings.far_field,
+                                 folds=tuple(self.protocol.folds(settings.selection_folds)[1:]))
         self._screen_rows = screening_rows(self.protocol.fit_part)
         self._screened: dict[str, str | None] = {}
         self._executor = None
@@ -375,8 +391,13 @@ class Campaign:
     def _member_from_row(self, row) -> Member | None:
         if row is None or row["status"] not in ("evaluated", "failed") or row["val_nmse"] is None:
             return None
-        return Member(int(row["id"]), row["canonical_hash"], float(row["val_nmse"]), int(row["complexity"]),
-                      shape_ok=not row["shape"])
+        return Member(int(row["id"]), row["canonical_hash"], self._selection_nmse(row["val_nmse"], row["fold_nmse"]),
+                      int(row["complexity"]), shape_ok=not row["shape"])
+
+    def _selection_nmse(self, val_nmse: float, folds: str | list[float] | None) -> float:
+        """What selection compares: validation NMSE, or its combination with the further folds' (see selection)."""
+        extra = json.loads(folds) if isinstance(folds, str) else folds
+        return combine([float(val_nmse), *extra], self.settings.selection_rule) if extra else float(val_nmse)
 
     def _plan(self, gen: int, island: int, slot: int, item: Candidate | Rejection,
               batch: dict[str, tuple[int, int]]) -> dict:
@@ -439,7 +460,7 @@ class Campaign:
             **plan["common"], **plan["info"], status=status, reason="; ".join(outcome.failures)[:300] or None,
             fit=dict(constants=outcome.constants, status="ok" if outcome.ok else "failed", val_r2=outcome.val_r2,
                      val_nmse=outcome.val_nmse, val_nmae=outcome.val_nmae, fit_seconds=outcome.seconds,
-                     recipe=outcome.recipe, shape=outcome.shape,
+                     recipe=outcome.recipe, shape=outcome.shape, fold_nmse=outcome.fold_nmse,
                      reason=f"{CLOCK_FIT_REASON}: {outcome.clock} group fits" if outcome.clock else None))
         self._count(status)
         if outcome.clock:
@@ -448,7 +469,8 @@ class Campaign:
         law = plan["law"]
         if outcome.shape is None and outcome.val_r2 > self.progress.best_val_r2:
             self.progress.best_val_r2, self.progress.best_formula = outcome.val_r2, law.text
-        return Member(cid, law.hash, outcome.val_nmse, law.complexity, shape_ok=outcome.shape is None)
+        return Member(cid, law.hash, self._selection_nmse(outcome.val_nmse, outcome.fold_nmse), law.complexity,
+                      shape_ok=outcome.shape is None)
 
     def _count(self, status: str) -> None:
         if status in ("evaluated", "failed"):
@@ -783,9 +805,7 @@ class Campaign:
             "wall_seconds": round(float(meta.get("search_seconds", 0.0)), 2),
             "llm": llm,
             "warnings": self.warnings,
-            "how": (f"Candidates were fitted on the fit part of train and selected on the validation slice "
-                    f"({self.task.split.describe_validation()}); the Pareto front was refit on all of train "
-                    f"(starting from the validated constants) and scored once on test."),
+            "how": self._how(),
         }
         tmp = self.run_dir / "best.json.tmp"
         try:
@@ -813,6 +833,15 @@ class Campaign:
                 "cost_usd": round(usage["cost_usd"], 6), "charged_usd": round(usage["charged_usd"], 6),
                 "charged_tokens": usage["charged_tokens"]}
 
+    def _how(self) -> str:
+        folds = len(self._fit_data.folds)
+        also = (f", and on {folds} further forward fold{'s' if folds > 1 else ''} (each fitted afresh on the rows "
+                f"below its own larger-scale slice and scored there; the {self.settings.selection_rule} NMSE over "
+                f"the folds decides)") if folds else ""
+        return (f"Candidates were fitted on the fit part of train and selected on the validation slice "
+                f"({self.task.split.describe_validation()}){also}; the Pareto front was refit on all of train "
+                f"(starting from the validated constants) and scored once on test.")
+
     def _law_report(self, row, law: Law, fit: LawFit, test: Scores) -> dict:
         groups = sorted({g for g, _ in fit.fits})
         return {
@@ -827,7 +856,10 @@ class Campaign:
             "constants": {g if len(self.task.targets) == 1 else f"{g}/{self.task.targets[t]}": fit.constants(g, t)
                           for g in groups for t in range(len(self.task.targets))},
             "validation": {"r2": row["val_r2"], "nmse": row["val_nmse"], "nmae": row["val_nmae"],
-                           "fitted_on": "fit part of train"},
+                           "fitted_on": "fit part of train",
+                           **({"fold_nmse": json.loads(row["fold_nmse"]),
+                               "selection_nmse": self._selection_nmse(row["val_nmse"], row["fold_nmse"])}
+                              if row["fold_nmse"] else {})},
             "shape": row["shape"] or (SHAPE_KEPT if self.task.shape_priors() else None),
             "test": {"r2": test.r2, "nmse": test.nmse, "nmae": test.nmae, "fitted_on": "all of train"},
         }

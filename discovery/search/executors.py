@@ -30,9 +30,11 @@ import numpy as np
 from discovery.laws.fit import RECIPES, FitOptions, LawFit, fit_law, recipe_options
 from discovery.laws.law import Law, parse_law
 from discovery.laws.shape import shape_of
+from discovery.search.selection import fold_nmse
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.values import ConstantSpec, ShapePriors
 from evaluators.metrics import score_blocks
+from evaluators.protocol import Fold
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class FitData:
     validation: Dataset
     priors: ShapePriors = ShapePriors()  # the task's shape priors, checked on every fitted law
     validation_blocks: np.ndarray | None = None  # validation scored block by block (see evaluators.protocol)
+    far_field: bool = False  # shape priors also checked far beyond the data (see discovery.laws.shape)
+    folds: tuple[Fold, ...] = ()  # further forward folds, each fitted afresh (see discovery.search.selection)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class FitOutcome:
     recipe: str = "linear"
     shape: str | None = None  # which shape prior the fitted law breaks, if any (see discovery.laws.shape)
     clock: int = 0  # group fits a time limit cut short (then the result depends on machine speed)
+    fold_nmse: list[float] | None = None  # NMSE on each further forward fold, with the chosen recipe
 
 
 class OutOfTime(Exception):
@@ -122,11 +127,16 @@ def _run_fit(data: FitData, job: FitJob) -> FitOutcome:
         seconds += fit.seconds
         clock += fit.stopped_by_clock
         val = score_blocks(data.validation.Y, fit.predict(data.validation), data.validation_blocks)
-        shape = shape_of(fit, seen, data.priors) if seen is not None else None
+        shape = shape_of(fit, seen, data.priors, data.far_field) if seen is not None else None
         if best is None or (fit.ok, shape is None, -val.nmse) > (best.ok, best.shape is None, -best.val_nmse):
             best = FitOutcome(constants_json(fit), fit.ok, fit.failures, val.r2, val.nmse, val.nmae, 0.0, recipe,
                               shape)
     assert best is not None, "at least one recipe applies (linear always does)"
+    if data.folds and best.ok:
+        t0 = time.perf_counter()
+        best.fold_nmse = fold_nmse(law, job.specs, best.recipe, list(data.folds), data.targets, job.opts,
+                                   job.total_time_limit)
+        seconds += time.perf_counter() - t0
     best.seconds = seconds
     best.clock = clock
     return best

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS fits (
     val_r2 REAL, val_nmse REAL, val_nmae REAL,
     fit_seconds REAL,
     recipe TEXT,                     -- the fitting recipe validation chose (see fit.RECIPES)
-    shape TEXT                       -- the shape prior the fitted law breaks, NULL if none (discovery.laws.shape)
+    shape TEXT,                      -- the shape prior the fitted law breaks, NULL if none (discovery.laws.shape)
+    fold_nmse TEXT                   -- NMSE on each further forward fold (JSON list), when selection uses folds
 );
 CREATE TABLE IF NOT EXISTS llm_calls (
     id INTEGER PRIMARY KEY,
@@ -76,7 +77,7 @@ CREATE TABLE IF NOT EXISTS events (ts REAL NOT NULL, kind TEXT NOT NULL, message
 
 # Columns added since the first stores were written (ALTERed into an older store when it is opened).
 ADDED_COLUMNS = {
-    "fits": [("shape", "TEXT")],
+    "fits": [("shape", "TEXT"), ("fold_nmse", "TEXT")],  # shape priors; forward folds
     "llm_calls": [("charged_tokens", "INTEGER"), ("charged_usd", "REAL"),
                   ("earlier_tokens", "INTEGER NOT NULL DEFAULT 0"), ("earlier_usd", "REAL NOT NULL DEFAULT 0"),
                   ("sends", "INTEGER NOT NULL DEFAULT 0")],
@@ -162,7 +163,8 @@ class Store:
     # --- candidates ----------------------------------------------------------------------
     def slot(self, generation: int, island: int, slot: int) -> sqlite3.Row | None:
         return self.db.execute(
-            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.shape "
+            "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.shape, "
+            "f.fold_nmse "
             "FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id "
             "WHERE generation = ? AND island = ? AND slot = ?", (generation, island, slot)).fetchone()
 
@@ -182,11 +184,12 @@ class Store:
                  rationale, status, reason, complexity, n_constants, time.time()))
             cid = int(cur.lastrowid)
             if fit is not None:
+                folds = fit.get("fold_nmse")
                 db.execute("INSERT INTO fits (candidate_id, constants, status, reason, val_r2, val_nmse, val_nmae, "
-                           "fit_seconds, recipe, shape) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           "fit_seconds, recipe, shape, fold_nmse) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                            (cid, json.dumps(fit["constants"]), fit["status"], fit.get("reason"), fit["val_r2"],
                             fit["val_nmse"], fit["val_nmae"], fit["fit_seconds"], fit.get("recipe", "linear"),
-                            fit.get("shape")))
+                            fit.get("shape"), json.dumps(folds) if folds is not None else None))
         return cid
 
     def evaluated_by_hash(self, canonical_hash: str) -> sqlite3.Row | None:
@@ -199,11 +202,11 @@ class Store:
     def candidate(self, cid: int) -> sqlite3.Row:
         return self.db.execute(
             "SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.constants AS fitted, f.status AS fit_status, f.recipe, "
-            "f.shape "
+            "f.shape, f.fold_nmse "
             "FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id WHERE c.id = ?", (cid,)).fetchone()
 
     def candidates(self, status: str | None = None) -> list[sqlite3.Row]:
-        sql = ("SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.shape FROM candidates c "
+        sql = ("SELECT c.*, f.val_r2, f.val_nmse, f.val_nmae, f.shape, f.fold_nmse FROM candidates c "
                "LEFT JOIN fits f ON f.candidate_id = c.id")
         if status:
             return self.db.execute(sql + " WHERE c.status = ? ORDER BY c.id", (status,)).fetchall()
@@ -214,7 +217,8 @@ class Store:
         (wherever their fits ran, and however often they were interrupted)."""
         return [tuple(r) for r in self.db.execute(
             "SELECT c.generation, c.island, c.slot, c.formula, c.canonical_hash, c.status, c.reason, f.constants, "
-            "f.val_r2, f.val_nmse, f.val_nmae, f.shape FROM candidates c LEFT JOIN fits f ON f.candidate_id = c.id "
+            "f.val_r2, f.val_nmse, f.val_nmae, f.shape, f.fold_nmse FROM candidates c "
+            "LEFT JOIN fits f ON f.candidate_id = c.id "
             "ORDER BY c.generation, c.island, c.slot")]
 
     def recent_rejections(self, before_generation: int, limit: int = 8) -> list[sqlite3.Row]:

@@ -125,8 +125,10 @@ class _Names:
 class OfflineProposer(Proposer):
     name = "offline"
 
-    def __init__(self, task: Task, parse: Callable[..., Law] = LIGHT_IN_PROCESS, memoize: bool = False):
+    def __init__(self, task: Task, parse: Callable[..., Law] = LIGHT_IN_PROCESS, memoize: bool = False,
+                 basis: bool = False):
         self.task = task
+        self.use_basis = basis  # generation 0 proposes the classic families first (see basis())
         # parse_law within the time bound (in process for the grammar's own, light laws; a genome grown from an LLM's
         # survivor may not be light), over a cached parse with the campaign's fast engine
         self.parse = parse
@@ -198,6 +200,34 @@ class OfflineProposer(Proposer):
         if roll < 0.85 or (v.positive and v.counted):
             return 1 / (1 + names.new("s", POSITIVE_SCALE, specs) * v.u ** names.new("a", EXPONENT, specs))
         return sp.exp(names.new("r", RATE, specs) * v.u)
+
+    def basis(self) -> list[Genome]:
+        """The classic families, proposed before anything random: an offset plus one power law per positive
+        variable (an exponential for a variable that may be zero or negative), the sum of those terms over
+        all variables (the Chinchilla form), and for several positive variables their product. The simplest
+        laws of the field are then always among the candidates, whatever the seed."""
+        own = [v for v in self.vars if v.ratio_of is None]
+        positive = [v for v in own if v.positive]
+        groups = [[v] for v in own] + ([own] if len(own) > 1 else [])
+        out = []
+        for vs in groups:
+            names, specs = _Names(), {}
+            terms = [self._basic_term(v, names, specs) for v in vs]
+            out.append(Genome(terms, offset=True, specs=specs))
+        if len(positive) > 1:
+            names, specs = _Names(), {}
+            product = names.new("A", AMPLITUDE, specs) * sp.Mul(*[v.u ** names.new("a", EXPONENT, specs)
+                                                                 for v in positive])
+            out.append(Genome([product], offset=True, specs=specs))
+        return out
+
+    @staticmethod
+    def _basic_term(v: ScaledVariable, names: _Names, specs: dict) -> sp.Expr:
+        """A power law in a positive variable; an exponential in one that may be zero or negative."""
+        A = names.new("A", AMPLITUDE, specs)
+        if v.positive:
+            return A * v.u ** names.new("a", EXPONENT, specs)
+        return A * sp.exp(names.new("r", RATE, specs) * v.u)
 
     def random_genome(self, rng: np.random.Generator) -> Genome:
         names, specs = _Names(), {}
@@ -373,6 +403,7 @@ class OfflineProposer(Proposer):
 
     def _propose_one(self, ctx: ProposalContext) -> Proposal:
         rng = np.random.default_rng(ctx.seed)
+        basis = self.basis() if self.use_basis and ctx.generation == 0 and ctx.island == 0 else []
         genomes = [(s, self.genome_from_survivor(s)) for s in ctx.survivors]
         genomes = [(s, g) for s, g in genomes if g is not None]
         seen = set(ctx.seen_hashes)
@@ -381,7 +412,9 @@ class OfflineProposer(Proposer):
         while len(out) < ctx.n and tries < ctx.n * MAX_TRIES:
             tries += 1
             parents: tuple[int, ...] = ()
-            if not genomes or rng.random() < 0.1:
+            if basis:
+                genome, op = basis.pop(0), "basis"
+            elif not genomes or rng.random() < 0.1:
                 genome, op = self.random_genome(rng), "random"
             elif len(genomes) > 1 and rng.random() < 0.25:
                 i, j = rng.choice(len(genomes), size=2, replace=False)

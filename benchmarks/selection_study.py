@@ -1,0 +1,142 @@
+"""Which law to report: selection rules compared on finished runs, on validation-only evidence.
+
+    python benchmarks/selection_study.py results/quality/main-nested [--top 24] [--folds 3]
+
+Give it the directory of a nested `benchmarks/discovery_quality.py --nested` run: every campaign there saw
+only train rows, and its "test" split is the validation slice a real campaign selects on, so nothing here
+reads a real test split. For each run, the best `--top` candidates by the campaign's own ranking are
+refit afresh on each further forward fold (`Protocol.folds`), checked against the far-field shape priors,
+and refit on all of (nested) train to score their (nested) test; the rules below then pick one law each
+and the table says how well each rule's picks extrapolate, mean over seeds and tasks. Results per
+candidate are cached in `selection_cache.json` beside the runs, so rules can be added and rerun cheaply.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
+from discovery.laws.law import parse_law  # noqa: E402
+from discovery.laws.shape import shape_of  # noqa: E402
+from discovery.search.population import PARSIMONY  # noqa: E402
+from discovery.search.selection import combine, fold_nmse  # noqa: E402
+from discovery.tasks.data import load_frame  # noqa: E402
+from discovery.tasks.dataset import Dataset  # noqa: E402
+from discovery.tasks.spec import load_task  # noqa: E402
+from discovery.tasks.values import ConstantSpec  # noqa: E402
+from evaluators.metrics import score  # noqa: E402
+from evaluators.protocol import Protocol  # noqa: E402
+
+
+def _specs(raw: str | None) -> dict[str, ConstantSpec] | None:
+    return None if not raw else {k: ConstantSpec.model_validate(v) for k, v in json.loads(raw).items()}
+
+
+def _warm(law, fitted: str | None, targets: list[str]) -> LawFit:
+    fits = {}
+    for key, consts in json.loads(fitted or "{}").items():
+        group, t = key.rsplit("|", 1)
+        fits[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
+    return LawFit(law, targets, fits)
+
+
+def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None:
+    db = sqlite3.connect(run_dir / "campaign.sqlite")
+    db.row_factory = sqlite3.Row
+    meta = {r["key"]: json.loads(r["value"]) for r in db.execute("SELECT key, value FROM meta")}
+    if meta.get("status") != "finished":
+        return None
+    settings = meta["settings"]
+    task = load_task(settings["task"])
+    protocol = Protocol(task, load_frame(task))
+    folds = protocol.folds(n_folds)
+    rows = db.execute("SELECT c.id, c.formula, c.constant_specs, c.complexity, f.val_nmse, f.val_r2, f.recipe, "
+                      "f.shape, f.constants FROM candidates c JOIN fits f ON f.candidate_id = c.id "
+                      "WHERE c.status = 'evaluated' AND f.val_nmse IS NOT NULL").fetchall()
+    db.close()
+    ranked = sorted(rows, key=lambda r: (bool(r["shape"]), r["val_nmse"] * (1 + PARSIMONY * r["complexity"]),
+                                         r["id"]))[:top]
+    opts = FitOptions(seed=settings["seed"], n_starts=settings.get("fit_starts", 32), n_refine=1, max_nfev=80,
+                      polish=False, tol=1e-6, time_limit=settings.get("fit_time_limit", 60.0))
+    final = FitOptions(seed=settings["seed"], n_starts=1)
+    test = protocol.final_test(purpose="selection study: nested test = the real validation slice")
+    out = []
+    for r in ranked:
+        key = f"{run_dir}|{r['id']}|{n_folds}"
+        if key not in cache:
+            law = parse_law(r["formula"], task.symbols)
+            specs = _specs(r["constant_specs"])
+            recipe = r["recipe"] or "linear"
+            extra = fold_nmse(law, specs, recipe, folds[1:], task.targets, opts, total_time_limit=60.0)
+            warm = _warm(law, r["constants"], task.targets)
+            fit = fit_law(law, protocol.train, task.targets, specs, recipe_options(final, recipe), warm=warm)
+            far = shape_of(warm, Dataset.concat(protocol.fit_part, protocol.validation), task.shape_priors(),
+                           far_field=True) if task.shape_priors() else None
+            cache[key] = {"id": r["id"], "formula": r["formula"], "complexity": r["complexity"],
+                          "val_nmse": r["val_nmse"], "shape": r["shape"], "far": far,
+                          "fold_nmse": [r["val_nmse"], *extra],
+                          "test_r2": score(test.Y, fit.predict(test)).r2 if fit.ok else -1.0}
+        out.append(cache[key])
+    return {"task": task.name, "seed": settings["seed"], "candidates": out}
+
+
+def clip(x: float) -> float:
+    return -1.0 if x is None or not math.isfinite(x) else max(-1.0, x)
+
+
+def _fitness(c: dict, value: float) -> float:
+    return value * (1 + PARSIMONY * c["complexity"])
+
+
+RULES = {
+    "current (fold 0)": lambda cs: min(cs, key=lambda c: (bool(c["shape"]), _fitness(c, c["val_nmse"]))),
+    "far-field, fold 0": lambda cs: min(cs, key=lambda c: (bool(c["shape"] or c["far"]), _fitness(c, c["val_nmse"]))),
+    "mean of folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"]), _fitness(c, combine(c["fold_nmse"])))),
+    "mean of 2 folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"]),
+                                                         _fitness(c, combine(c["fold_nmse"][:2])))),
+    "worst fold": lambda cs: min(cs, key=lambda c: (bool(c["shape"]), _fitness(c, combine(c["fold_nmse"], "max")))),
+    "far-field, mean of folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"] or c["far"]),
+                                                                  _fitness(c, combine(c["fold_nmse"])))),
+    "far-field, worst fold": lambda cs: min(cs, key=lambda c: (bool(c["shape"] or c["far"]),
+                                                               _fitness(c, combine(c["fold_nmse"], "max")))),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("quality_dir")
+    parser.add_argument("--top", type=int, default=24)
+    parser.add_argument("--folds", type=int, default=3)
+    args = parser.parse_args()
+    root = Path(args.quality_dir)
+    cache_path = root / "selection_cache.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    runs = []
+    for db in sorted(root.glob("*/*/*/campaign.sqlite")):
+        res = study_run(db.parent, args.top, args.folds, cache)
+        cache_path.write_text(json.dumps(cache))
+        if res:
+            runs.append(res)
+            print(f"{res['task']} seed {res['seed']}: {len(res['candidates'])} candidates", flush=True)
+    tasks = sorted({r["task"] for r in runs})
+    print(f"\n| rule | {' | '.join(t.removesuffix('_nested').replace('_scaling_law', '') for t in tasks)} | mean |")
+    print("|---" * (len(tasks) + 2) + "|")
+    for name, rule in RULES.items():
+        per_task = []
+        for t in tasks:
+            picks = [clip(rule(r["candidates"])["test_r2"]) for r in runs if r["task"] == t and r["candidates"]]
+            per_task.append(statistics.fmean(picks))
+        print(f"| {name} | {' | '.join(f'{x:.4f}' for x in per_task)} | {statistics.fmean(per_task):.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

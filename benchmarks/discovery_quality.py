@@ -87,6 +87,8 @@ def run_sweep(tasks: list[str], seeds: str, sweep_dir: Path, args: argparse.Name
             cmd += ["--executor", args.executor]
     else:
         cmd += ["--tasks", ",".join(tasks), "--seeds", seeds, "--out", str(sweep_dir)]
+        if args.config:
+            cmd += ["--config", str(Path(args.config).resolve())]
         for flag in ("generations", "time_limit", "executor"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -216,6 +218,8 @@ def main() -> int:
     parser.add_argument("--other-seeds", default="0-2")
     parser.add_argument("--generations", type=int, help="override the default budget (for a quick check only)")
     parser.add_argument("--time-limit", type=float, help="seconds of search per campaign (default: the campaign's)")
+    parser.add_argument("--config", help="a sweep file whose [campaign] settings every run uses (e.g. a selection "
+                        "rule under study); its tasks and seeds are replaced by this benchmark's")
     parser.add_argument("--executor", choices=["serial", "local", "dask"])
     parser.add_argument("--workers", type=int)
     parser.add_argument("--scheduler")

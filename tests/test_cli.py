@@ -34,6 +34,17 @@ def test_fit_reports_constants_and_labelled_splits(capsys):
     assert "string" in capsys.readouterr().err
 
 
+def test_a_fit_the_clock_stopped_says_so_and_how_to_give_it_more_time(capsys):
+    # a fit of a very large CSV can spend its per-group limit screening starts; the reason must not read as if
+    # the law had no finite fit
+    main(["fit", "chinchilla_approach3", "E + A*N**(-alpha) + B*D**(-beta)", "--time-limit", "1e-9"])
+    err = capsys.readouterr().err
+    assert "time limit (1e-09 s per group)" in err and "kepler fit --time-limit" in err
+    assert main(["fit", "chinchilla_approach3", "E + A*N**(-alpha) + B*D**(-beta)", "--time-limit", "30",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["failures"] == []
+
+
 def test_bench_meets_published_scores_and_writes_results(tmp_path, capsys):
     assert main(["bench", *SLDBENCH, "--json", "--out", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -35,6 +35,9 @@ from discovery.search.proposers.offline import OfflineProposer  # noqa: E402
 pytestmark = pytest.mark.localmodel
 
 REPLY_CAP = 256
+# one request as a whole: a 135M model on one thread of a busy 2-core machine can take over the default 60 s for
+# a long prompt, and a timeout's retry is another request than the ones these tests count
+LOCAL_TIMEOUT = 300.0
 TASK = "parallel_scaling_law"
 LAW_STATUSES = {"evaluated", "failed", "duplicate"}  # parsed as a law (then fitted, failed to fit, or seen)
 
@@ -85,6 +88,7 @@ def test_llm_campaign_against_the_local_server_uses_the_schema(tmp_path, llama, 
         out = tmp_path / "llm"
         code = cli.main(["discover", TASK, "--proposer", "llm", "--model", MODEL_NAME, "--base-url", proxy.base_url,
                          "--structured", "auto", "--generations", "2", "--islands", "1", "--children", "2",
+                         "--llm-timeout", str(LOCAL_TIMEOUT),
                          "--population", "4", "--executor", "serial", "--seed", "0",
                          "--llm-cache-dir", str(tmp_path / "cache"), "--out", str(out)])
         sent = list(proxy.requests)
@@ -101,7 +105,7 @@ def test_fallback_to_text_happens_once_and_a_mixed_campaign_still_matches_the_hu
     with ModelProxy(llama.base_url, refuse={"json_schema", "json_object"}, max_tokens=REPLY_CAP) as proxy:
         settings = CampaignSettings(task=TASK, proposer="mixed", model=MODEL_NAME, base_url=proxy.base_url,
                                     structured="auto", generations=2, islands=1, population=6, children=24,
-                                    fit_starts=16, executor="serial", seed=0,
+                                    llm_timeout=LOCAL_TIMEOUT, fit_starts=16, executor="serial", seed=0,
                                     llm_cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "mixed"))
         campaign = Campaign(settings)
         # as make_proposer builds it, with a shorter prompt (fewer survivors and rejections shown): a 135M

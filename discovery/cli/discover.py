@@ -80,8 +80,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("proposer", "seed", "generations", "population", "islands",
                                                 "children", "time_limit", "model", "base_url", "max_llm_calls",
-                                                "max_tokens", "max_cost_usd", "price_in", "price_out", "out",
-                                                "llm_cache_dir", "structured", "executor", "workers", "scheduler")}
+                                                "max_tokens", "max_cost_usd", "price_in", "price_out", "llm_timeout",
+                                                "out", "llm_cache_dir", "structured", "executor", "workers",
+                                                "scheduler")}
     if args.replay:
         overrides["replay_only"] = True
     live = Live(console=console, refresh_per_second=4, transient=False)
@@ -185,6 +186,8 @@ def add_commands(sub) -> None:
     p.add_argument("--time-limit", type=float, dest="time_limit",
                    help="seconds of search (default none: the generations budget decides; a limit that binds makes "
                    "the result depend on machine speed, and the run says so)")
+    p.add_argument("--llm-timeout", type=float, dest="llm_timeout",
+                   help="seconds for one LLM request as a whole (default 60; raise it for a slow local model)")
     p.add_argument("--llm-cache-dir", dest="llm_cache_dir")
     p.add_argument("--replay", action="store_true", help="LLM replies from the cache only; no network")
     p.add_argument("--structured", choices=["auto", "schema", "json", "off"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.loss:
         opts = FitOptions(**{**opts.__dict__, "loss": args.loss, "f_scale": args.f_scale,
                              "log_residuals": args.log_residuals})
+    if args.time_limit is not None:
+        opts = dataclasses.replace(opts, time_limit=args.time_limit)
     protocol = Protocol(task, frame)
     val_fit = fit_law(law, protocol.fit_part, task.targets, specs, opts)
     val_scores = protocol.validation_score(val_fit.predict(protocol.validation))
@@ -183,6 +186,8 @@ def add_commands(sub) -> None:
     p.add_argument("--loss", choices=["linear", "huber", "soft_l1", "cauchy"])
     p.add_argument("--f-scale", type=float, default=1.0)
     p.add_argument("--log-residuals", action="store_true")
+    p.add_argument("--time-limit", type=float, dest="time_limit",
+                   help="seconds per group fit (default 10; a very large CSV may need more)")
     p.add_argument("--max-groups", type=int, default=20)
     p.add_argument("--json", action="store_true")
     add_owndata_options(p)

@@ -322,8 +322,9 @@ def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, Constant
             if cost < best_cost:
                 best_x, best_cost = x, cost
         if not math.isfinite(best_cost):
-            return GroupFit(best_x, "failed", "refinement found no finite fit", nfev=nfev, dropped_rows=dropped,
-                            clock=clock)
+            why = (f"time limit ({opts.time_limit:g} s per group) reached before a finite fit: allow more time "
+                   f"(kepler fit --time-limit)" if clock else "refinement found no finite fit")
+            return GroupFit(best_x, "failed", why, nfev=nfev, dropped_rows=dropped, clock=clock)
         return GroupFit(best_x, "ok", objective=best_cost, nfev=nfev, dropped_rows=dropped, clock=clock)
     except Exception as exc:  # numerics must never crash a campaign
         return GroupFit(np.full(len(law.constants), np.nan), "failed", f"{type(exc).__name__}: {exc}"[:200],

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import sympy as sp
 
+from discovery.laws.compiled import compile_law
 from discovery.laws.fit import _specs_for
 from discovery.search.proposers.offline import OfflineProposer
 from discovery.tasks.data import load_frame
@@ -58,3 +61,11 @@ def test_symengine_matches_sympy_on_every_curated_tasks_laws():
                     assert _close(np.broadcast_to(a, (len(starts), len(X))).T, np.asarray(b).T), law.text
             checked += 1
     assert checked >= 40
+
+
+def test_symengine_never_parses_text():
+    # se.sympify would parse a string with SymEngine's own parser, outside the allow-list of parse_law
+    N, A = sp.symbols("N A")
+    with pytest.raises(TypeError, match="parsed SymPy expression"):
+        compile_law("A*N**2", [N], [A])
+    assert compile_law(A * N**2, [N], [A]) is not None

@@ -97,6 +97,8 @@ class CompiledLaw:
 def compile_law(expr: sp.Expr, variables: Sequence[sp.Symbol], constants: Sequence[sp.Symbol]) -> CompiledLaw | None:
     """A law's expression compiled by SymEngine (inputs: variables, then constants, in the order given), or
     None where SymEngine does not support it (then the SymPy path is used)."""
+    if not isinstance(expr, sp.Basic):  # only a law parse_law built through its allow-list, never text
+        raise TypeError(f"compile_law takes a parsed SymPy expression, not {type(expr).__name__}")
     if se is None or expr.atoms(*UNSUPPORTED):
         return None
     try:

@@ -21,21 +21,15 @@ def datasets_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def _cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("kepler-cache")
-
-
-@pytest.fixture(autouse=True)
-def _own_cache(monkeypatch, _cache_dir):
-    """Kepler's cache folder (downloads, the index of runs written with --out) is the session's own, not ~/.cache."""
-    if not os.environ.get("KEPLER_CACHE_DIR"):
-        monkeypatch.setenv("KEPLER_CACHE_DIR", str(_cache_dir))
-
-
-@pytest.fixture(autouse=True)
-def _mirrored_data(monkeypatch, datasets_dir):
-    """Tests read the local mirror unless a test points KEPLER_DATA_DIR elsewhere (this machine has no
-    route to the origin URLs; the download path is tested against a loopback server instead)."""
-    if not os.environ.get("KEPLER_DATA_DIR"):
-        monkeypatch.setenv("KEPLER_DATA_DIR", str(datasets_dir))
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_and_mirror(tmp_path_factory, datasets_dir):
+    """For the whole session, before any fixture of a wider scope loads a task: Kepler's cache folder
+    (downloads, the index of runs written with --out) is the session's own, not ~/.cache, and data comes
+    from the local mirror (this machine has no route to the origin URLs; the download path is tested against
+    a loopback server instead). A test may still point either variable elsewhere with `monkeypatch`."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get("KEPLER_CACHE_DIR"):
+            mp.setenv("KEPLER_CACHE_DIR", str(tmp_path_factory.mktemp("kepler-cache")))
+        if not os.environ.get("KEPLER_DATA_DIR"):
+            mp.setenv("KEPLER_DATA_DIR", str(datasets_dir))
+        yield

@@ -3,7 +3,6 @@ says so live, in the summary and in the exit code."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 
 import pytest
@@ -40,12 +39,9 @@ def test_resume_with_more_generations_extends_the_run_to_what_that_budget_gives_
 
 
 @pytest.fixture(scope="module")
-def one_generation(tmp_path_factory, datasets_dir, _cache_dir):
+def one_generation(tmp_path_factory):
     run = tmp_path_factory.mktemp("resume") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KEPLER_DATA_DIR", os.environ.get("KEPLER_DATA_DIR") or str(datasets_dir))
-        mp.setenv("KEPLER_CACHE_DIR", os.environ.get("KEPLER_CACHE_DIR") or str(_cache_dir))
-        assert main(["discover", *TINY, "--generations", "1", "--out", str(run)]) == 0
+    assert main(["discover", *TINY, "--generations", "1", "--out", str(run)]) == 0
     return run
 
 

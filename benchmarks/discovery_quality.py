@@ -204,9 +204,29 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {s['seed']} | {fmt(s['sldbench_mean'])} | {s['tasks_at_least_human']}/{s['tasks']} |")
     lines += ["", f"Mean over seeds of the 8-task mean: {fmt(summary['sldbench_mean_over_seeds'])}; worst seed: "
               f"{fmt(summary['sldbench_worst_seed'])}; human laws (Kepler fit): {fmt(summary['sldbench_human_mean'])}.",
-              f"Peak memory of any campaign process: {summary['peak_rss_mb']:.0f} MB. "
+              (f"Peak memory of any campaign process: {summary['peak_rss_mb']:.0f} MB. "
+               if math.isfinite(summary["peak_rss_mb"]) else "Merged tables (peak memory: see each directory). ") +
               f"Runs finished: {summary['runs_finished']}/{summary['runs']}."]
     return "\n".join(lines) + "\n"
+
+
+def merge(dirs: list[str], out: Path, groups: dict[str, list[str]], nested: bool) -> int:
+    """Tables over the finished runs of several benchmark directories (a run found twice counts once)."""
+    rows: dict[tuple[str, int], dict] = {}
+    for d in dirs:
+        for name in groups:
+            if groups[name] and (Path(d) / name / "sweep.sqlite").exists():
+                for r in run_rows(Path(d) / name):
+                    if r["status"] == "finished":
+                        rows.setdefault((r["task"], r["seed"]), r)
+    found = sorted(rows.values(), key=lambda r: (r["task"], r["seed"]))
+    summary = summarize(found, groups["sldbench"], groups["other"], float("nan"), nested)
+    summary["merged_from"] = [str(Path(d).resolve()) for d in dirs]
+    summary["runs_detail"] = found
+    (out / "quality.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "quality.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return 0
 
 
 def main() -> int:
@@ -223,10 +243,16 @@ def main() -> int:
     parser.add_argument("--executor", choices=["serial", "local", "dask"])
     parser.add_argument("--workers", type=int)
     parser.add_argument("--scheduler")
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="run nothing: tables over the finished runs of these benchmark directories (one "
+                        "arm's runs split over several directories, e.g. seeds 0-1 in one and 2-4 in another)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     groups = groups_of_tasks(args.tasks.split(",") if args.tasks else None)
+    if args.merge:
+        named = {k: [f"{n}{NESTED}" for n in v] for k, v in groups.items()} if args.nested else groups
+        return merge(args.merge, out, named, args.nested)
     env = dict(os.environ)
     if args.nested:
         tasks_dir, data_dir = write_nested_tasks(groups["sldbench"] + groups["other"], out / "nested")

@@ -76,7 +76,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(result, indent=2, default=float))
-        return 0
+        return _exit_code(val_fit, full_fit)
     console.print(f"[bold]{task.name}[/]: {law.text}   (canonical {law.canonical}, {len(law.constants)} constants)")
     console.print(f"variables: {', '.join(task.symbols)}; treated as constants (fitted per group): "
                   f"{', '.join(sorted(law.constant_names))}")
@@ -102,7 +102,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     mtable.add_row("test", str(len(test)), "all of train", num(test_scores.r2), num(test_scores.nmse),
                    num(test_scores.nmae))
     console.print(mtable)
-    return 0
+    return _exit_code(val_fit, full_fit)
+
+
+def _exit_code(val_fit, full_fit) -> int:
+    """1 when a group's fit failed (its scores are partial), said in one line on stderr; 0 otherwise. A script
+    that checks the exit status must not read a failed fit as a success."""
+    failed = {key for fit in (val_fit, full_fit) for key, f in fit.fits.items() if not f.ok}
+    if not failed:
+        return 0
+    err_console.print(f"[red]error:[/] the fit failed for {len(failed)} of {len(full_fit.fits)} group fits: "
+                      "the scores above leave them out", soft_wrap=True)
+    return 1
 
 
 def _write_predictions(path: Path, record, splits: dict) -> None:

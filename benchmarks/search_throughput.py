@@ -1,7 +1,9 @@
-"""Search throughput: the same campaigns with the legacy and the fast engine, side by side in one run.
+"""Search throughput: the same campaigns with two code paths, side by side in one run.
 
-Per task, one campaign per engine (same seed, same generation budget, no clock stop, the local pool of
-`--workers` processes), each in its own process, the two engines taking turns on who goes first. Reported
+`--compare engine` (default): the legacy and the fast engine; `--compare fitter`: the fast engine with the trf
+and the batched fitter (FitOptions.fitter). Per task, one campaign per variant (same seed, same generation
+budget, no clock stop, the local pool of `--workers` processes), each in its own process, the two taking
+turns on who goes first. Reported
 per task and engine: candidates evaluated, search seconds (wall, proposing to the last write), candidates
 per second per core (evaluated / search seconds / workers), search CPU seconds (campaign process and its
 workers, proposing to the last write; the final report is excluded) and candidates per CPU second; then
@@ -9,7 +11,7 @@ the fast/legacy ratios, and whether the best law, its constants and its validati
 CPU seconds are the steadier measure on a shared machine (other load inflates wall time, not CPU time).
 
     KEPLER_DATA_DIR=/work/shared/datasets python benchmarks/search_throughput.py [task ...] \
-        [--generations 60] [--seed 0] [--workers 2] [--json out.json] [--markdown out.md]
+        [--generations 60] [--seed 0] [--workers 2] [--compare engine|fitter] [--json out.json] [--markdown out.md]
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TASKS = ["vocab_scaling_law", "data_constrained_scaling_law", "lr_bsz_scaling_law", "sft_scaling_law"]
 ENGINES = ("legacy", "fast")
+VARIANTS = {"engine": ENGINES, "fitter": ("trf", "batched")}  # baseline first
 
 
 def _cpu() -> float:
@@ -39,11 +42,13 @@ def _cpu() -> float:
 
 
 def one(task: str, engine: str, out: Path, generations: int, seed: int, workers: int) -> dict:
-    """Run one campaign in this process; CPU of the search = this process + its (reaped) pool workers."""
+    """Run one campaign in this process; CPU of the search = this process + its (reaped) pool workers.
+    `engine` is an engine name, or a fitter name (trf, batched: the fast engine with that fitter)."""
     from discovery.search.campaign import Campaign, CampaignSettings
 
-    settings = CampaignSettings(task=task, seed=seed, generations=generations, engine=engine, executor="local",
-                                workers=workers, time_limit=None, out=str(out))
+    path = {"fitter": engine} if engine in VARIANTS["fitter"] else {"engine": engine}
+    settings = CampaignSettings(task=task, seed=seed, generations=generations, executor="local",
+                                workers=workers, time_limit=None, out=str(out), **path)
     campaign = Campaign(settings)
     marks = {}
     finish = campaign.finish
@@ -78,11 +83,12 @@ def run_one_in_subprocess(task: str, engine: str, out: Path, args) -> dict:
     return row
 
 
-def compare(rows: list[dict]) -> list[dict]:
+def compare(rows: list[dict], variants: tuple[str, str] = ENGINES) -> list[dict]:
+    """Per task, the second variant against the first (named legacy and fast below, whatever they are)."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
-        legacy = next(r for r in rows if r["task"] == task and r["engine"] == "legacy")
-        fast = next(r for r in rows if r["task"] == task and r["engine"] == "fast")
+        legacy = next(r for r in rows if r["task"] == task and r["engine"] == variants[0])
+        fast = next(r for r in rows if r["task"] == task and r["engine"] == variants[1])
         out.append({"task": task,
                     "ratio_rate_per_core": fast["rate_per_core"] / legacy["rate_per_core"],
                     "ratio_per_cpu_second": fast["per_cpu_second"] / legacy["per_cpu_second"],
@@ -94,16 +100,17 @@ def compare(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(rows: list[dict], comparison: list[dict], args) -> str:
+def markdown(rows: list[dict], comparison: list[dict], args, variants: tuple[str, str] = ENGINES) -> str:
     lines = [f"Seed {args.seed}, {args.generations} generations, local pool of {args.workers} workers, "
              "no time limit.", "",
-             "| task | engine | evaluated | search s | cand/s/core | search CPU s | cand/CPU s |",
+             f"| task | {args.compare} | evaluated | search s | cand/s/core | search CPU s | cand/CPU s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['engine']} | {r['evaluated']} | {r['search_seconds']:.1f} | "
                      f"{r['rate_per_core']:.2f} | {r['search_cpu']:.1f} | {r['per_cpu_second']:.2f} |")
     lines += ["", "| task | ratio cand/s/core | ratio cand/CPU s | same best law | same constants | "
-              "val R² legacy | val R² fast | same candidates evaluated |", "|---|---|---|---|---|---|---|---|"]
+              f"val R² {variants[0]} | val R² {variants[1]} | same candidates evaluated |",
+              "|---|---|---|---|---|---|---|---|"]
     for c in comparison:
         lines.append(f"| {c['task']} | {c['ratio_rate_per_core']:.2f}x | {c['ratio_per_cpu_second']:.2f}x | "
                      f"{'yes' if c['same_best_formula'] else 'NO'} | {'yes' if c['same_best_constants'] else 'no'} | "
@@ -118,6 +125,8 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--compare", choices=sorted(VARIANTS), default="engine",
+                    help="engine: legacy vs fast engine; fitter: trf vs batched fitter (fast engine)")
     ap.add_argument("--out", help="where the runs go (default: a temporary directory)")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
@@ -128,22 +137,29 @@ def main() -> None:
         print(json.dumps(one(task, engine, Path(out), args.generations, args.seed, args.workers)))
         return
     base = Path(args.out or tempfile.mkdtemp(prefix="kepler-throughput-"))
-    rows = []
-    for i, task in enumerate(args.tasks or TASKS):
-        for engine in (ENGINES if i % 2 == 0 else ENGINES[::-1]):  # take turns going first
-            row = run_one_in_subprocess(task, engine, base / f"{task}-{engine}", args)
-            rows.append(row)
-            print(f"{task:32s} {engine:6s} evaluated {row['evaluated']:4d}  search {row['search_seconds']:7.1f} s  "
-                  f"{row['rate_per_core']:6.2f} cand/s/core  CPU {row['search_cpu']:7.1f} s  "
-                  f"{row['per_cpu_second']:6.2f} cand/CPU s  best val R2 {row['best_val_r2']:.10f}", flush=True)
-    rows.sort(key=lambda r: (r["task"], r["engine"] != "legacy"))
-    comparison = compare(rows)
-    text = markdown(rows, comparison, args)
+    variants = VARIANTS[args.compare]
+    rows = run_all(args.tasks or TASKS, variants, base, args)
+    comparison = compare(rows, variants)
+    text = markdown(rows, comparison, args, variants)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "comparison": comparison}, indent=2))
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
+
+
+def run_all(tasks: list[str], variants: tuple[str, str], base: Path, args) -> list[dict]:
+    """Both variants' campaigns on every task, each in its own process, taking turns going first."""
+    rows = []
+    for i, task in enumerate(tasks):
+        for engine in (variants if i % 2 == 0 else variants[::-1]):
+            row = run_one_in_subprocess(task, engine, base / f"{task}-{engine}", args)
+            rows.append(row)
+            print(f"{task:32s} {engine:6s} evaluated {row['evaluated']:4d}  search {row['search_seconds']:7.1f} s  "
+                  f"{row['rate_per_core']:6.2f} cand/s/core  CPU {row['search_cpu']:7.1f} s  "
+                  f"{row['per_cpu_second']:6.2f} cand/CPU s  best val R2 {row['best_val_r2']:.10f}", flush=True)
+    rows.sort(key=lambda r: (r["task"], r["engine"] != variants[0]))
+    return rows
 
 
 if __name__ == "__main__":

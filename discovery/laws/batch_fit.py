@@ -13,6 +13,7 @@ not converge within `max_iter` steps are reported, so the caller can refit them 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,8 @@ class BatchResult:
     converged: np.ndarray  # (B,) bool
     iterations: int  # batched steps taken (the slowest resample's)
     steps: np.ndarray  # (B,) Jacobian evaluations per resample
+    nfev: np.ndarray  # (B,) residual evaluations per member (the start included)
+    clock: np.ndarray  # (B,) bool: the deadline stopped this member before it converged or ran out of steps
 
 
 def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
@@ -46,20 +49,34 @@ def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Problem:
-    """Residuals and cost of weighted rows for a batch of constant vectors."""
+    """Residuals, Jacobian and cost of weighted rows for a batch of constant vectors. The rows are shared by
+    every member (X (n, d), y (n,): bootstrap resamples) or each member's own (X (B, n, d), y (B, n): many
+    groups' fits padded to one length, the padding weighted 0)."""
 
     def __init__(self, law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, loss: str, f_scale: float,
                  log_residuals: bool):
         self.law, self.X, self.y, self.W = law, X, y, W
         self.loss, self.f, self.log = loss, f_scale, log_residuals
         self.used = W > 0
+        self.stacked = X.ndim == 3
+        with np.errstate(all="ignore"):
+            self.log_y = np.log(y) if log_residuals else None
 
     def residuals(self, theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with np.errstate(all="ignore"):
-            pred = np.array(self.law.predict(self.X, theta), dtype=float)
-            r = np.log(pred) - np.log(self.y)[None, :] if self.log else pred - self.y[None, :]
+            if self.stacked:
+                pred = np.array(self.law.predict(self.X[rows], theta), dtype=float)
+                r = np.log(pred) - self.log_y[rows] if self.log else pred - self.y[rows]
+            else:
+                pred = np.array(self.law.predict(self.X, theta), dtype=float)
+                r = np.log(pred) - self.log_y[None, :] if self.log else pred - self.y[None, :]
         r = np.where(self.used[rows], r, 0.0)  # rows a resample did not draw do not count, even if not finite
         return r, pred
+
+    def jacobian(self, theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if self.stacked:
+            return self.law.stacked_jacobians(self.X[rows], theta)
+        return self.law.jacobians(self.X, theta)
 
     def cost(self, r: np.ndarray, rows: np.ndarray) -> np.ndarray:
         rho, _ = _rho((r / self.f) ** 2, self.loss)
@@ -69,17 +86,27 @@ class _Problem:
 
 def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: np.ndarray, lo: np.ndarray,
                  hi: np.ndarray, loss: str = "linear", f_scale: float = 1.0, log_residuals: bool = False,
-                 max_iter: int = 200, tol: float = 1e-12) -> BatchResult:
+                 max_iter: int = 200, tol: float = 1e-12, deadline: float | None = None) -> BatchResult:
     """Minimise every row of W's weighted cost from theta0 (k,) or (B, k), within [lo, hi].
 
+    X (n, d) and y (n,) are shared by every member, or (B, n, d) and (B, n): each member's own rows.
     Levenberg-Marquardt with MINPACK's scaling (the largest diagonal of the normal matrix seen so far)
     and Nielsen's damping update from the ratio of actual to predicted decrease. A resample stops when a
     step lowers its cost by less than `tol` relative (ftol), moves the constants by less than `tol`
     relative (xtol), or its projected gradient vanishes (gtol). Steps are clipped to the bounds.
+    `deadline` (time.monotonic()) is checked before every batched step; members still running then are
+    reported in `clock`.
     """
-    B, k = W.shape[0], len(lo)
+    prob = _Problem(law, np.asarray(X, dtype=float), np.asarray(y, dtype=float), np.asarray(W, dtype=float), loss,
+                    f_scale, log_residuals)
+    return _levenberg_marquardt(prob, theta0, lo, hi, max_iter, tol, deadline)
+
+
+def _levenberg_marquardt(prob: _Problem, theta0: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_iter: int,
+                         tol: float, deadline: float | None) -> BatchResult:
+    loss, f_scale, log_residuals = prob.loss, prob.f, prob.log
+    B, k = prob.W.shape[0], len(lo)
     theta = np.clip(np.broadcast_to(np.asarray(theta0, dtype=float), (B, k)).copy(), lo, hi)
-    prob = _Problem(law, X, y, np.asarray(W, dtype=float), loss, f_scale, log_residuals)
     R, P = prob.residuals(theta, np.arange(B))  # residuals and predictions at the current constants
     cost = prob.cost(R, np.arange(B))
     lam, nu = np.full(B, _LAMBDA0), np.full(B, 2.0)
@@ -87,15 +114,20 @@ def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: 
     done = ~np.isfinite(cost)
     converged = np.zeros(B, dtype=bool)
     steps = np.zeros(B, dtype=int)
+    nfev = np.ones(B, dtype=int)
+    clock = np.zeros(B, dtype=bool)
     eye = np.eye(k)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (the count is reported)
         rows = np.flatnonzero(~done)
         if not len(rows):
             break
+        if deadline is not None and time.monotonic() > deadline:
+            clock[rows] = True
+            break
         th, r = theta[rows], R[rows]
         steps[rows] += 1
-        J = law.jacobians(X, th)
+        J = prob.jacobian(th, rows)
         if log_residuals:
             with np.errstate(all="ignore"):
                 J = J / P[rows][:, :, None]
@@ -127,6 +159,7 @@ def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: 
             step = new - th[p]
             predicted = -(np.einsum("bk,bk->b", g[p], step) + 0.5 * np.einsum("bk,bkl,bl->b", step, H[p], step))
             r_new, p_new = prob.residuals(new, idx)
+            nfev[idx] += 1
             c_new = prob.cost(r_new, idx)
             old = cost[idx]
             actual = old - c_new
@@ -146,4 +179,5 @@ def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: 
             converged[idx[stop & ~stuck]] = True
             done[idx[stop]] = True
             pending[p[ok | stop]] = False
-    return BatchResult(theta=theta, cost=cost, converged=converged, iterations=it, steps=steps)
+    return BatchResult(theta=theta, cost=cost, converged=converged, iterations=it, steps=steps, nfev=nfev,
+                       clock=clock)

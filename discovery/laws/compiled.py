@@ -63,7 +63,7 @@ class CompiledLaw:
                      [offset, *[self.derivs[i] for i in self.linear]])
 
     def predict(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        """X: (n, n_vars); theta: (k,) -> (n,), or (S, k) -> (S, n)."""
+        """X: (n, n_vars); theta: (k,) -> (n,), or (S, k) -> (S, n); or X (S, n, n_vars), theta (S, k) -> (S, n)."""
         return self._evaluate(self._predict, X, theta)[..., 0]
 
     def jacobian(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -79,11 +79,21 @@ class CompiledLaw:
         out = _call(self._basis, np.stack(arrays, axis=-1))
         return [out[..., j] for j in range(out.shape[-1])]
 
+    def jacobians(self, X: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+        """(S, n, k): X (n, n_vars) shared, or (S, n, n_vars) with rows of its own per constant vector."""
+        if self.n_consts == 0:
+            return np.zeros((*np.broadcast_shapes(X.shape[:-1], (len(thetas), 1)), 0))
+        return self._evaluate(self._jacobian, X, np.asarray(thetas, dtype=float))
+
     def _evaluate(self, fn: Callable, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=float)
         theta = np.asarray(theta, dtype=float)
-        n = X.shape[0]
-        if theta.ndim == 2:
+        n = X.shape[-2]
+        if X.ndim == 3:  # stacked rows, one block per constant vector (the batched fit of many groups)
+            inp = np.empty((*X.shape[:2], self.n_vars + self.n_consts))
+            inp[:, :, :self.n_vars] = X
+            inp[:, :, self.n_vars:] = theta[:, None, :]
+        elif theta.ndim == 2:
             inp = np.empty((theta.shape[0], n, self.n_vars + self.n_consts))
             inp[:, :, :self.n_vars] = X[None, :, :]
             inp[:, :, self.n_vars:] = theta[:, None, :]

@@ -476,12 +476,19 @@ class Law:
         return self
 
     def predict(self, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        """X: (n, n_vars) in task variable order; theta: (k,) -> (n,), or (S, k) -> (S, n)."""
+        """X: (n, n_vars) in task variable order; theta: (k,) -> (n,), or (S, k) -> (S, n). X may also be
+        (S, n, n_vars) with theta (S, k): block s of rows with constants theta[s] -> (S, n)."""
         if self._compiled is not None:
             with np.errstate(all="ignore"):
                 return self._compiled.predict(X, theta)
         X = np.asarray(X, dtype=float)
         theta = np.asarray(theta, dtype=float)
+        if X.ndim == 3:  # stacked rows (S, n, n_vars), one block per constant vector
+            cols = [X[..., j] for j in range(X.shape[-1])]
+            params = [theta[:, [i]] for i in range(theta.shape[1])]
+            with np.errstate(all="ignore"):
+                out = self._predict(*cols, *params)
+            return np.broadcast_to(np.asarray(out, dtype=float), X.shape[:2])
         cols = [X[:, j] for j in range(X.shape[1])]
         if theta.ndim == 2:
             cols = [c[None, :] for c in cols]
@@ -507,6 +514,22 @@ class Law:
         shape = (thetas.shape[0], X.shape[0])
         with np.errstate(all="ignore"):
             parts = self._jacobian(*[X[:, j][None, :] for j in range(X.shape[1])],
+                                   *[thetas[:, [i]] for i in range(thetas.shape[1])])
+        out = np.empty((*shape, len(parts)))
+        for i, p in enumerate(parts):
+            out[:, :, i] = np.broadcast_to(np.asarray(p, dtype=float), shape)
+        return out
+
+    def stacked_jacobians(self, X: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+        """d prediction / d constants with this law's engine for blocks of rows of their own: X (S, n, n_vars),
+        thetas (S, k) -> (S, n, k). The batched fit of many groups at once (discovery.laws.fit.fit_law_batched)."""
+        if self._compiled is not None:
+            with np.errstate(all="ignore"):
+                return self._compiled.jacobians(X, thetas)
+        X, thetas = np.asarray(X, dtype=float), np.asarray(thetas, dtype=float)
+        shape = X.shape[:2]
+        with np.errstate(all="ignore"):
+            parts = self._jacobian(*[X[..., j] for j in range(X.shape[-1])],
                                    *[thetas[:, [i]] for i in range(thetas.shape[1])])
         out = np.empty((*shape, len(parts)))
         for i, p in enumerate(parts):

@@ -52,7 +52,8 @@ def cache_key(kind: str, law: Law, data: Dataset, specs: dict[str, ConstantSpec]
         "version": VERSION, "kind": kind, "law": law.text, "hash": law.hash, "constants": law.constant_names,
         "point": None if point is None else {f"{g}|{t}": [repr(float(v)) for v in theta]
                                              for (g, t), theta in sorted(point.items())},
-        "specs": _specs_json(specs), "fit": {k: repr(v) for k, v in dataclasses.asdict(fit_options).items()},
+        "specs": _specs_json(specs), "fit": {k: repr(v) for k, v in dataclasses.asdict(fit_options).items()
+                                         if not (k == "fitter" and v == "trf")},  # keys from before fitters existed
         "options": None if options is None else {k: repr(v) for k, v in dataclasses.asdict(options).items()
                                                  if k != "n_jobs"},
         "data": data_fingerprint(data), "extra": extra,

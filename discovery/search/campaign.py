@@ -106,6 +106,10 @@ class CampaignSettings(BaseModel):
         default="fast", description="how a candidate is evaluated: fast (parsed once per process, the parsed law sent "
         "to the worker, compiled by SymEngine) or legacy (parsed at every step, SymPy lambdify), kept to measure "
         "against (benchmarks/search_throughput.py)")
+    fitter: Literal["trf", "batched"] = Field(
+        default="trf", description="how a candidate's constants are refined in the search (and its forward folds): "
+        "trf (one scipy least_squares call per start, group after group) or batched (every group's refinements in "
+        "one vectorised Levenberg-Marquardt; benchmarks/fit_batched.py measures both)")
     workers: int | None = Field(default=None, ge=1, description="worker processes (default: one per core)")
     scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler (tcp://host:8786)")
     # How laws are judged (search and final choice alike): chosen on validation-only evidence over all curated
@@ -284,10 +288,7 @@ class Campaign:
         self.protocol = Protocol(self.task, load_frame(self.task))
         self.on_progress = on_progress or (lambda p: None)
         self._parse = parser_for(settings.engine)
-        # Search fits are cheaper than final ones (looser tolerance, fewer evaluations); the Pareto front is
-        # refit with the defaults before anything is reported on test.
-        self.fit_opts = FitOptions(seed=settings.seed, n_starts=settings.fit_starts, n_refine=1, max_nfev=80,
-                                   polish=False, tol=1e-6, time_limit=settings.fit_time_limit)
+        self.fit_opts = self.search_fit_options(settings)
         self.population = Population(settings.islands, settings.population)
         self._fit_data = FitData(self.task.symbols, self.task.targets, self.protocol.fit_part,
                                  self.protocol.validation, self.task.shape_priors(), self.protocol.validation_blocks,
@@ -323,6 +324,13 @@ class Campaign:
             self.store.close()
             raise ValueError(f"{self.run_dir} already holds {what}; continue it with kepler discover --resume "
                              f"{self.run_dir}, or choose another folder with --out")
+
+    @staticmethod
+    def search_fit_options(settings: CampaignSettings) -> FitOptions:
+        """Search fits are cheaper than final ones (looser tolerance, fewer evaluations); the Pareto front is
+        refit with the defaults before anything is reported on test."""
+        return FitOptions(seed=settings.seed, n_starts=settings.fit_starts, n_refine=1, max_nfev=80, polish=False,
+                          tol=1e-6, time_limit=settings.fit_time_limit, fitter=settings.fitter)
 
     def _llm_event(self, line: str) -> None:
         self.progress.llm_event = line

@@ -8,7 +8,7 @@ For each task's human law (fitted on the train split, per group and target):
 All three minimise the same objective (the law's loss on linear or log residuals). Reported: wall ms,
 training objective reached (summed over groups and targets), and test R2.
 
-    python benchmarks/fit_speed.py [task ...] [--engine symengine|sympy] [--json out.json]
+    python benchmarks/fit_speed.py [task ...] [--engine symengine|sympy] [--fitter trf|batched] [--json out.json]
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def objective_total(fit: LawFit, data, opts: FitOptions) -> float:
     return total
 
 
-def run(task_names: list[str], engine: str = "symengine") -> list[dict]:
+def run(task_names: list[str], engine: str = "symengine", fitter: str = "trf") -> list[dict]:
     rows = []
     for name in task_names:
         task = load_task(name)
@@ -93,7 +93,7 @@ def run(task_names: list[str], engine: str = "symengine") -> list[dict]:
             if not human.constants:
                 continue
             law = parse_human_law(task, human).with_engine(engine)  # all three fitters evaluate the same code
-            opts = FitOptions.from_settings(human.fit)
+            opts = FitOptions.from_settings(human.fit, fitter=fitter)
             law.predict(protocol.train.X[:2], np.ones(len(law.constants)))  # compile outside the timings
             law.jacobian(protocol.train.X[:2], np.ones(len(law.constants)))
             _ = law.separable
@@ -130,8 +130,10 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--engine", choices=["symengine", "sympy"], default="symengine",
                     help="how laws are compiled: SymEngine (a campaign's fast engine) or SymPy's lambdify")
+    ap.add_argument("--fitter", choices=["trf", "batched"], default="trf",
+                    help="Kepler's refinement: one least_squares per start and group, or all groups batched")
     args = ap.parse_args()
-    rows = run(args.tasks or list_tasks(), args.engine)
+    rows = run(args.tasks or list_tasks(), args.engine, args.fitter)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -33,6 +33,7 @@ class BatchResult:
     steps: np.ndarray  # (B,) Jacobian evaluations per resample
     nfev: np.ndarray  # (B,) residual evaluations per member (the start included)
     clock: np.ndarray  # (B,) bool: the deadline stopped this member before it converged or ran out of steps
+    exhausted: np.ndarray  # (B,) bool: still improving when `max_iter` steps ran out (an evaluation budget spent)
 
 
 def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
@@ -180,4 +181,4 @@ def _levenberg_marquardt(prob: _Problem, theta0: np.ndarray, lo: np.ndarray, hi:
             done[idx[stop]] = True
             pending[p[ok | stop]] = False
     return BatchResult(theta=theta, cost=cost, converged=converged, iterations=it, steps=steps, nfev=nfev,
-                       clock=clock)
+                       clock=clock, exhausted=~done & ~clock)

@@ -545,16 +545,17 @@ def _batched_pass(law: Law, groups: list[_Group], lo: np.ndarray, hi: np.ndarray
     try:
         res = fit_weighted(law, X3, Y, W, theta0, lo, hi, opts.loss, opts.f_scale, opts.log_residuals,
                            max_iter=opts.max_nfev, tol=opts.tol, deadline=limit)
-        theta, cost, converged, nfev, clock = res.theta, res.cost, res.converged, res.nfev, res.clock
+        theta, cost, nfev, clock = res.theta, res.cost, res.nfev, res.clock
+        settled = res.converged | res.exhausted  # converged, or spent its budget as a trf run would have
     except Exception:  # noqa: BLE001 - an odd law: every member takes the sequential path
         theta, cost = theta0, np.full(B, np.inf)
-        converged, nfev, clock = np.zeros(B, dtype=bool), np.zeros(B, dtype=int), np.zeros(B, dtype=bool)
+        settled, nfev, clock = np.zeros(B, dtype=bool), np.zeros(B, dtype=int), np.zeros(B, dtype=bool)
     for b, (grp, x0) in enumerate(queued):
         grp.nfev += int(nfev[b])
         grp.clock = grp.clock or bool(clock[b])
         if math.isfinite(cost[b]):
             grp.offer(theta[b], cost[b])
-        if (converged[b] and math.isfinite(cost[b])) or clock[b]:
+        if (settled[b] and math.isfinite(cost[b])) or clock[b]:
             continue
         start = theta[b] if math.isfinite(cost[b]) else x0
         x, c, k, stopped = _refine(law, grp.X, grp.y, start, lo, hi, opts,

@@ -87,7 +87,8 @@ class _Problem:
 
 def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: np.ndarray, lo: np.ndarray,
                  hi: np.ndarray, loss: str = "linear", f_scale: float = 1.0, log_residuals: bool = False,
-                 max_iter: int = 200, tol: float = 1e-12, deadline: float | None = None) -> BatchResult:
+                 max_iter: int = 200, tol: float = 1e-12, deadline: float | None = None,
+                 ftol_gain: float = 0.0, lambda0: float = _LAMBDA0) -> BatchResult:
     """Minimise every row of W's weighted cost from theta0 (k,) or (B, k), within [lo, hi].
 
     X (n, d) and y (n,) are shared by every member, or (B, n, d) and (B, n): each member's own rows.
@@ -96,21 +97,23 @@ def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: 
     step lowers its cost by less than `tol` relative (ftol), moves the constants by less than `tol`
     relative (xtol), or its projected gradient vanishes (gtol). Steps are clipped to the bounds.
     `deadline` (time.monotonic()) is checked before every batched step; members still running then are
-    reported in `clock`.
+    reported in `clock`. `ftol_gain`: the ftol test counts only for a step whose gain ratio (actual over
+    predicted decrease) exceeds it, as trf's does with 0.25; heavily damped tiny steps in a long flat
+    valley then do not pass for convergence. `lambda0`: the starting damping (relative to the scaling).
     """
     prob = _Problem(law, np.asarray(X, dtype=float), np.asarray(y, dtype=float), np.asarray(W, dtype=float), loss,
                     f_scale, log_residuals)
-    return _levenberg_marquardt(prob, theta0, lo, hi, max_iter, tol, deadline)
+    return _levenberg_marquardt(prob, theta0, lo, hi, max_iter, tol, deadline, ftol_gain, lambda0)
 
 
 def _levenberg_marquardt(prob: _Problem, theta0: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_iter: int,
-                         tol: float, deadline: float | None) -> BatchResult:
+                         tol: float, deadline: float | None, ftol_gain: float, lambda0: float) -> BatchResult:
     loss, f_scale, log_residuals = prob.loss, prob.f, prob.log
     B, k = prob.W.shape[0], len(lo)
     theta = np.clip(np.broadcast_to(np.asarray(theta0, dtype=float), (B, k)).copy(), lo, hi)
     R, P = prob.residuals(theta, np.arange(B))  # residuals and predictions at the current constants
     cost = prob.cost(R, np.arange(B))
-    lam, nu = np.full(B, _LAMBDA0), np.full(B, 2.0)
+    lam, nu = np.full(B, lambda0), np.full(B, 2.0)
     scale = np.zeros((B, k))
     done = ~np.isfinite(cost)
     converged = np.zeros(B, dtype=bool)
@@ -174,7 +177,7 @@ def _levenberg_marquardt(prob: _Problem, theta0: np.ndarray, lo: np.ndarray, hi:
             nu[idx[~ok]] *= 2.0
             floor = tol * np.maximum(old, 1e-300)
             small_x = np.linalg.norm(step, axis=1) <= tol * (tol + np.linalg.norm(th[p], axis=1))
-            small_f = (np.abs(actual) <= floor) & (np.abs(predicted) <= floor)
+            small_f = (np.abs(actual) <= floor) & (np.abs(predicted) <= floor) & (gain > ftol_gain)
             stuck = lam[idx] > _LAMBDA_MAX
             stop = small_x | (ok & small_f) | stuck
             converged[idx[stop & ~stuck]] = True

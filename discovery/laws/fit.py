@@ -396,6 +396,11 @@ def fixed_law(law: Law, data: Dataset, targets: list[str],
 # batch, decides how far a fit goes. Never raises; time limits are checked between batched steps.
 
 
+# Starting damping of the batched LM for fits from screened starts: far from the optimum, in the long flat valleys
+# of offset + power laws, MINPACK's 1e-3 x diag(J'J) takes steps so short that the ftol test stops the fit early.
+GROUP_LAMBDA0 = 1e-6
+
+
 @dataclass
 class _Group:
     """One (group, target) fit in progress: its rows, its screened starts and the best point so far."""
@@ -544,7 +549,8 @@ def _batched_pass(law: Law, groups: list[_Group], lo: np.ndarray, hi: np.ndarray
     theta0 = np.array([_interior(x0, lo, hi) for _, x0 in queued])
     try:
         res = fit_weighted(law, X3, Y, W, theta0, lo, hi, opts.loss, opts.f_scale, opts.log_residuals,
-                           max_iter=opts.max_nfev, tol=opts.tol, deadline=limit)
+                           max_iter=opts.max_nfev, tol=opts.tol, deadline=limit,
+                           lambda0=GROUP_LAMBDA0, ftol_gain=0.25)
         theta, cost, nfev, clock = res.theta, res.cost, res.nfev, res.clock
         settled = res.converged | res.exhausted  # converged, or spent its budget as a trf run would have
     except Exception:  # noqa: BLE001 - an odd law: every member takes the sequential path

@@ -8,7 +8,8 @@ For each task's human law (fitted on the train split, per group and target):
 All three minimise the same objective (the law's loss on linear or log residuals). Reported: wall ms,
 training objective reached (summed over groups and targets), and test R2.
 
-    python benchmarks/fit_speed.py [task ...] [--engine symengine|sympy] [--fitter trf|batched] [--json out.json]
+    python benchmarks/fit_speed.py [task ...] [--engine symengine|sympy] [--fitter trf|batched] [--kepler-only]
+        [--json out.json]
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import resource
 import sys
 import time
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -83,7 +85,7 @@ def objective_total(fit: LawFit, data, opts: FitOptions) -> float:
     return total
 
 
-def run(task_names: list[str], engine: str = "symengine", fitter: str = "trf") -> list[dict]:
+def run(task_names: list[str], engine: str = "symengine", fitter: str = "trf", kepler_only: bool = False) -> list[dict]:
     rows = []
     for name in task_names:
         task = load_task(name)
@@ -99,9 +101,12 @@ def run(task_names: list[str], engine: str = "symengine", fitter: str = "trf") -
             _ = law.separable
             results = {}
             problem = (law, protocol.train, task.targets, human.constants, opts)
-            for label, fn in (("kepler", partial(fit_law, *problem)),
-                              ("lbfgsb256", partial(baseline_fit, *problem, "lbfgsb256")),
-                              ("bfgs_ones", partial(baseline_fit, *problem, "bfgs"))):
+            fitters = [("kepler", partial(fit_law, *problem)),
+                       ("lbfgsb256", partial(baseline_fit, *problem, "lbfgsb256")),
+                       ("bfgs_ones", partial(baseline_fit, *problem, "bfgs"))]
+            if kepler_only:  # the grid takes minutes per law: compare Kepler's two fitters alone
+                fitters = [fitters[0], ("kepler_trf", partial(fit_law, *problem[:-1], replace(opts, fitter="trf")))]
+            for label, fn in fitters:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     t0 = time.perf_counter()
@@ -109,6 +114,16 @@ def run(task_names: list[str], engine: str = "symengine", fitter: str = "trf") -
                     ms = 1000 * (time.perf_counter() - t0)
                 results[label] = {"ms": ms, "objective": objective_total(fit, protocol.train, opts),
                                   "test_r2": score(test.Y, fit.predict(test)).r2}
+            if kepler_only:
+                k, t = results["kepler"], results["kepler_trf"]
+                row = {"task": name, "law": human.name, **{f"{lab}_{key}": v for lab, r in results.items()
+                                                           for key, v in r.items()},
+                       "objective_ratio_vs_trf": k["objective"] / t["objective"] if t["objective"] else 1.0}
+                rows.append(row)
+                print(f"{name:38s} {human.name[:28]:28s} kepler ({fitter}) {k['ms']:8.1f} ms obj {k['objective']:.9g} "
+                      f"R2 {k['test_r2']:+.4f} | kepler (trf) {t['ms']:8.1f} ms obj {t['objective']:.9g} R2 "
+                      f"{t['test_r2']:+.4f} | objective ratio {row['objective_ratio_vs_trf']:.7f}", flush=True)
+                continue
             k, b = results["kepler"], results["lbfgsb256"]
             row = {"task": name, "law": human.name, **{f"{lab}_{key}": v for lab, r in results.items()
                                                        for key, v in r.items()},
@@ -132,8 +147,10 @@ def main() -> None:
                     help="how laws are compiled: SymEngine (a campaign's fast engine) or SymPy's lambdify")
     ap.add_argument("--fitter", choices=["trf", "batched"], default="trf",
                     help="Kepler's refinement: one least_squares per start and group, or all groups batched")
+    ap.add_argument("--kepler-only", action="store_true",
+                    help="skip the baselines (minutes per law); compare Kepler's --fitter with its trf fitter instead")
     args = ap.parse_args()
-    rows = run(args.tasks or list_tasks(), args.engine, args.fitter)
+    rows = run(args.tasks or list_tasks(), args.engine, args.fitter, args.kepler_only)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

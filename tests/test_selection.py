@@ -14,6 +14,7 @@ from discovery.search.campaign import Campaign, CampaignSettings
 from discovery.search.proposers.base import ProposalContext
 from discovery.search.proposers.offline import OfflineProposer
 from discovery.search.selection import combine, fold_nmse
+from discovery.search.store import Store
 from discovery.tasks.data import load_frame
 from discovery.tasks.spec import load_task
 from discovery.tasks.values import Direction, ShapePriors
@@ -102,3 +103,18 @@ def test_a_campaign_selecting_on_folds_stores_and_reports_them(tmp_path):
     assert on_disk["best"]["validation"] == validation
     plain = Campaign(CampaignSettings(**{**small, "selection_folds": 1}, out=str(tmp_path / "p"))).run()
     assert "fold_nmse" not in plain["best"]["validation"] and "forward fold" not in plain["how"]
+
+
+def test_a_run_stored_before_the_selection_defaults_resumes_with_the_ones_it_started_with(tmp_path):
+    # a run made when one validation slice judged every law must not switch to folds half-way when resumed
+    run = tmp_path / "old"
+    Campaign(CampaignSettings(task="parallel_scaling_law", generations=1, population=4, islands=1, children=2,
+                              fit_starts=4, executor="serial", selection_folds=1, far_field=False, basis=False,
+                              out=str(run))).run()
+    store = Store(run / "campaign.sqlite")
+    old = {k: v for k, v in store.meta()["settings"].items() if k not in ("selection_folds", "far_field", "basis")}
+    store.set_meta(settings=old)
+    store.close()
+    resumed = Campaign.resume(run, {"generations": 2})
+    assert (resumed.settings.selection_folds, resumed.settings.far_field, resumed.settings.basis) == (1, False, False)
+    assert CampaignSettings(task="parallel_scaling_law").selection_folds == 2  # what a new run gets

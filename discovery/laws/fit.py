@@ -288,21 +288,32 @@ def fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantS
         return _fit_group(law, X, y, specs, opts, dropped, warm_start, deadline)
 
 
+def _rows_to_fit(law: Law, X: np.ndarray, y: np.ndarray, opts: FitOptions, dropped: list[int],
+                 deadline: float | None) -> tuple[np.ndarray, np.ndarray] | GroupFit:
+    """A group's rows left after dropping its highest targets (appended to `dropped`), or the GroupFit that says
+    why there is nothing to fit (both fitters give the same reasons)."""
+    keep = np.ones(len(y), dtype=bool)
+    if opts.drop_highest_targets:
+        dropped.extend(np.argsort(-y, kind="stable")[: opts.drop_highest_targets].tolist())
+        keep[dropped] = False
+    X, y = X[keep], y[keep]
+    nan = np.full(len(law.constants), np.nan)
+    if len(y) == 0:
+        return GroupFit(nan, "failed", "no rows to fit")
+    if opts.log_residuals and np.any(y <= 0):
+        return GroupFit(nan, "failed", "log residuals need positive targets")
+    if deadline is not None and time.monotonic() > deadline:
+        return GroupFit(nan, "failed", "time limit reached before this group", clock=True)
+    return X, y
+
+
 def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantSpec] | None, opts: FitOptions,
                dropped: list[int], warm_start: np.ndarray | None, deadline: float | None) -> GroupFit:
     try:
-        keep = np.ones(len(y), dtype=bool)
-        if opts.drop_highest_targets:
-            dropped.extend(np.argsort(-y, kind="stable")[: opts.drop_highest_targets].tolist())
-            keep[dropped] = False
-        X, y = X[keep], y[keep]
-        if len(y) == 0:
-            return GroupFit(np.full(len(law.constants), np.nan), "failed", "no rows to fit")
-        if opts.log_residuals and np.any(y <= 0):
-            return GroupFit(np.full(len(law.constants), np.nan), "failed", "log residuals need positive targets")
-        if deadline is not None and time.monotonic() > deadline:
-            return GroupFit(np.full(len(law.constants), np.nan), "failed", "time limit reached before this group",
-                            clock=True)
+        rows = _rows_to_fit(law, X, y, opts, dropped, deadline)
+        if isinstance(rows, GroupFit):
+            return rows
+        X, y = rows
         deadline = min(time.monotonic() + opts.time_limit, deadline or math.inf)
         init, lo, hi = _specs_for(law, specs)
         starts = _sample_starts(init, lo, hi, opts.n_starts, opts.seed)
@@ -478,17 +489,10 @@ def _prepare(law: Law, name: str, X: np.ndarray, y: np.ndarray, init: np.ndarray
     dropped: list[int] = []
     nan = np.full(len(law.constants), np.nan)
     try:
-        keep = np.ones(len(y), dtype=bool)
-        if opts.drop_highest_targets:
-            dropped.extend(np.argsort(-y, kind="stable")[: opts.drop_highest_targets].tolist())
-            keep[dropped] = False
-        X, y = X[keep], y[keep]
-        if len(y) == 0:
-            return GroupFit(nan, "failed", "no rows to fit")
-        if opts.log_residuals and np.any(y <= 0):
-            return GroupFit(nan, "failed", "log residuals need positive targets")
-        if time.monotonic() > deadline:
-            return GroupFit(nan, "failed", "time limit reached before this group", clock=True)
+        rows = _rows_to_fit(law, X, y, opts, dropped, deadline)
+        if isinstance(rows, GroupFit):
+            return rows
+        X, y = rows
         if warm_start is not None and np.all(np.isfinite(warm_start)):
             starts = np.vstack([starts, np.clip(warm_start, lo, hi)[None, :]])
         ranked = _screen(law, X, y, starts, lo, hi, opts)

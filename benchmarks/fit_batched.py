@@ -110,18 +110,7 @@ def quality(task_name: str, store_path: Path, n_candidates: int, seed: int) -> d
 
 
 def markdown(comparison: list[dict], rows: list[dict], quality_rows: list[dict], args) -> str:
-    lines = [f"Seed {args.seed}, {args.generations} generations, local pool of {args.workers} worker(s), no time "
-             "limit; fast engine.", "", "| task | fitter | evaluated | search CPU s | cand/CPU s |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['task']} | {r['engine']} | {r['evaluated']} | {r['search_cpu']:.1f} | "
-                     f"{r['per_cpu_second']:.2f} |")
-    lines += ["", "| task | cand/CPU s batched/trf | same best law | val R² trf | val R² batched |",
-              "|---|---|---|---|---|"]
-    for c in comparison:
-        same = "yes" if c["same_best_formula"] else "no"
-        lines.append(f"| {c['task']} | {c['ratio_per_cpu_second']:.2f}x | {same} | {c['val_r2_legacy']:.6f} | "
-                     f"{c['val_r2_fast']:.6f} |")
+    lines = [search_throughput.markdown(rows, comparison, args, FITTERS)]  # the throughput tables, as that script's
     lines += ["", f"Fit quality, first {args.candidates} evaluated laws of the trf run, every recipe "
               "(relative difference batched vs trf; equal = within 1e-6):", "",
               "| task | laws | fit CPU trf/batched | group objectives: better / equal / worse (worst) | "
@@ -152,6 +141,7 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args()
+    args.compare = "fitter"  # search_throughput's tables name the variants by what is compared
     base = Path(args.out or tempfile.mkdtemp(prefix="kepler-fit-batched-"))
     tasks = args.tasks or TASKS
     rows = search_throughput.run_all(tasks, FITTERS, base, args)

@@ -2,7 +2,8 @@
 
 Validation is carved out of train the way the test split is carved out of the data: in each group,
 the rows with the largest values of the task's scale axis (whole tied values at a time) until
-`validation_fraction` of the group's rows are taken; for a test split that is a corner (the largest
+`validation_fraction` of the group's rows are taken (for a test split that is the largest rows along any of
+several axes, the union of each axis' largest slice); for a test split that is a corner (the largest
 model at its largest budget), every model size's rows at its own largest budget; for tasks whose
 test split is not along a scale, every k-th row along the axis. Selection sees only these rows. The
 test split is built only when `final_test()` is called, and every call is logged, so code that
@@ -81,14 +82,16 @@ def validation_mask(split: SplitSpec, train: pd.DataFrame) -> np.ndarray:
     """Which train rows are validation, group by group, following the task's validation rule."""
     val = np.zeros(len(train), dtype=bool)
     groups = train["group"].astype(str).to_numpy()
-    axis = train[split.validation_axis].to_numpy(dtype=float)
+    axes = [train[a].to_numpy(dtype=float) for a in split.axes()]
     per = train[split.validation_per].to_numpy(dtype=float) if split.validation_per else None
+    share = split.validation_fraction / len(axes)
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
         if per is not None:
-            val[idx] = _largest_per_mask(axis[idx], per[idx])
-        else:
-            val[idx] = _validation_mask(axis[idx], split.validation_fraction, split.validation_rule)
+            val[idx] = _largest_per_mask(axes[0][idx], per[idx])
+        else:  # one axis, or (validation_or) the union of every axis' largest slice
+            for axis in axes:
+                val[idx] |= _validation_mask(axis[idx], share, split.validation_rule)
     return val
 
 
@@ -106,19 +109,24 @@ class Fold:
 
 def _forward(split: SplitSpec, frame: pd.DataFrame, val: np.ndarray) -> bool:
     """Whether a fold carved by `val` is a real one: every group keeps at least 3 rows to fit, and (for a scale
-    split) every group's validation rows lie strictly above its fit rows on the axis: once a group is down to
+    split) every group's validation rows lie strictly above its fit rows on the axis (on one of the axes, with
+    `validation_or`): once a group is down to
     one axis value, the row-count fallback of `_validation_mask` would pick rows by file order instead."""
     if not val.any():
         return False
-    axis = frame[split.validation_axis].to_numpy(dtype=float)
+    axes = [frame[a].to_numpy(dtype=float) for a in split.axes()]
     groups = frame["group"].astype(str).to_numpy()
     for g in np.unique(groups):
         at = groups == g
         fit, held = at & ~val, at & val
         if fit.sum() < 3:
             return False
-        if split.validation_rule == "largest" and held.any() and axis[held].min() <= axis[fit].max():
-            return False
+        if split.validation_rule == "largest" and held.any():
+            beyond = np.zeros(int(held.sum()), dtype=bool)  # each held row lies above every fit row on some axis
+            for axis in axes:
+                beyond |= axis[held] > axis[fit].max()
+            if not beyond.all():
+                return False
     return True
 
 

@@ -16,7 +16,7 @@ from discovery.search.proposers.offline import OfflineProposer
 from discovery.search.selection import combine, fold_nmse
 from discovery.search.store import Store
 from discovery.tasks.data import load_frame
-from discovery.tasks.spec import load_task
+from discovery.tasks.spec import SplitSpec, load_task
 from discovery.tasks.values import Direction, ShapePriors
 from evaluators.protocol import Protocol
 
@@ -32,7 +32,7 @@ def test_each_forward_fold_fits_below_and_scores_the_next_larger_scale_of_train_
     folds = protocol.folds(3)
     assert len(folds) == 3
     assert folds[0].fit is protocol.fit_part and folds[0].validation is protocol.validation
-    axis = protocol.task.columns.index(protocol.task.split.validation_axis)
+    axes = [protocol.task.columns.index(a) for a in protocol.task.split.axes()]
     train_rows = set(protocol.train.rows.tolist())
     for earlier, fold in pairwise(folds):
         # a fold is carved out of the previous fold's fit rows: never a validation or test row of the run
@@ -40,9 +40,26 @@ def test_each_forward_fold_fits_below_and_scores_the_next_larger_scale_of_train_
         assert not set(fold.fit.rows) & set(fold.validation.rows)
         assert set(fold.validation.rows) <= train_rows
         for g in fold.validation.group_names:  # forward: every group scored above the rows it was fitted on
-            fitted = fold.fit.X[fold.fit.groups == g, axis]
-            scored = fold.validation.X[fold.validation.groups == g, axis]
-            assert scored.min() > fitted.max()
+            fitted = fold.fit.X[fold.fit.groups == g][:, axes]
+            scored = fold.validation.X[fold.validation.groups == g][:, axes]
+            assert (scored > fitted.max(axis=0)).any(axis=1).all()  # beyond every fit row on one axis at least
+
+
+def test_a_test_split_along_either_of_two_axes_gets_a_validation_along_both():
+    """data_constrained's test split is the largest models OR the largest token budgets: validation takes the
+    largest-N rows and the largest-D rows of train, so laws are also chosen on how they carry D beyond the fit."""
+    protocol = _protocol("data_constrained_scaling_law")
+    n, d = (protocol.task.columns.index(c) for c in ("params", "tokens"))
+    fit, val = protocol.fit_part.X, protocol.validation.X
+    beyond_n, beyond_d = val[:, n] > fit[:, n].max(), val[:, d] > fit[:, d].max()
+    assert beyond_n.any() and beyond_d.any() and (beyond_n | beyond_d).all()
+    assert (beyond_d & ~beyond_n).sum() >= 10  # small models at the largest budgets: only the D slice has them
+    assert 0.2 <= len(val) / len(protocol.train) <= 0.35
+    assert "`params`, `tokens`" in protocol.task.split.describe_validation()
+    with pytest.raises(ValueError, match="validation_or goes with"):
+        SplitSpec(rule="-", validation_axis="N", validation_or=["D"], validation_rule="interleaved")
+    with pytest.raises(ValueError, match="each axis once"):
+        SplitSpec(rule="-", validation_axis="N", validation_or=["N"])
 
 
 def test_folds_stop_when_a_group_would_have_too_few_rows():

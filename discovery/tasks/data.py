@@ -404,7 +404,7 @@ def _role(task: "Task", col: str) -> str:
         roles.append("variable")
     if col in task.targets:
         roles.append("target")
-    if col == task.split.validation_axis:
+    if col in task.split.axes():
         roles.append("validation axis")
     if col == task.split.validation_per:
         roles.append("validation per-value column")

@@ -128,6 +128,11 @@ class SplitSpec(Strict):
     validation_per: str | None = Field(
         default=None, description="with rule largest_per: the column whose every value gives up its largest-axis "
                                   "rows to validation (e.g. each model size its largest budget)")
+    validation_or: list[str] = Field(
+        default_factory=list,
+        description="with rule largest: further axes, for a test split that is the largest rows along any of "
+                    "several (\"params >= X OR tokens >= Y\"); validation is then the union of every axis' "
+                    "largest slice, each taking an equal share of validation_fraction")
     column: str = Field(default="split", description="the data column holding each row's split (train or test)")
     test_when: str | None = Field(
         default=None, description="instead of a split column: the rows that are test, as a comparison over columns "
@@ -140,11 +145,19 @@ class SplitSpec(Strict):
     def _per_with_its_rule(self) -> "SplitSpec":
         if (self.validation_rule == "largest_per") != (self.validation_per is not None):
             raise ValueError("validation_per goes with validation_rule = \"largest_per\" (and that rule needs it)")
+        if self.validation_or and self.validation_rule != "largest":
+            raise ValueError("validation_or goes with validation_rule = \"largest\"")
+        if self.validation_axis in self.validation_or or len(set(self.validation_or)) < len(self.validation_or):
+            raise ValueError("validation_or lists each axis once, and not validation_axis")
         return self
+
+    def axes(self) -> list[str]:
+        """The columns whose largest rows validation takes: validation_axis, then any validation_or axes."""
+        return [self.validation_axis, *self.validation_or]
 
     def columns(self) -> list[str]:
         """Every column the validation rule reads."""
-        return [self.validation_axis] + ([self.validation_per] if self.validation_per else [])
+        return self.axes() + ([self.validation_per] if self.validation_per else [])
 
     def scale_columns(self) -> list[str]:
         """The columns the test split extrapolates along, as far as validation imitates it."""
@@ -160,6 +173,10 @@ class SplitSpec(Strict):
                     f"`{self.validation_axis}`, as the test split is the largest `{self.validation_per}` at its "
                     f"largest `{self.validation_axis}`; each such block is scored against its own spread, as the "
                     f"test split will be, and the validation R2 is the mean over blocks")
+        if self.validation_or:
+            share = self.validation_fraction / len(self.axes())
+            return ("the union of the largest " + ", ".join(f"`{a}`" for a in self.axes()) + " train rows of each "
+                    f"group (about {share:.0%} along each), as the test split is the largest rows along any of them")
         return f"the largest `{self.validation_axis}` train rows of each group (about {self.validation_fraction:.0%})"
 
 

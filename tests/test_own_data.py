@@ -212,3 +212,28 @@ a = 0.3
     assert main(["bench", str(path), "--json", "--out", str(tmp_path / "bench")]) == 0
     row = json.loads(capsys.readouterr().out)[0]
     assert row["variant"] == "published_constants" and row["r2"] > 1 - 1e-9  # each group its own exact constants
+
+
+def test_a_test_rule_along_either_of_two_variables_gives_a_validation_along_both(tmp_path):
+    """`--test "N >= a or D >= b"` is a test split of the largest models or the largest budgets: the inferred task
+    carves validation the same way (largest N rows and largest D rows), so laws are chosen on both."""
+    from discovery.tasks.inferred import TableSpec, write_task
+    from discovery.tasks.rules import parse_rule
+    from evaluators.protocol import Protocol
+
+    assert parse_rule("N >= 1e9 or 1e11 < D").lower_bounds() == ["N", "D"]
+    assert parse_rule("N >= 1e9").lower_bounds() == ["N"]
+    for narrower in ("N >= 1e9 and D >= 1e11", "N <= 1e9 or D >= 1e11", "N/2 >= 1e9 or D > 1"):
+        assert parse_rule(narrower).lower_bounds() == []
+    n, d = np.meshgrid(np.geomspace(1e7, 3e9, 8), np.geomspace(1e9, 3e11, 8))
+    loss = 1.7 + 400 / n.ravel() ** 0.34 + 410 / d.ravel() ** 0.28
+    pd.DataFrame({"params": n.ravel(), "tokens": d.ravel(), "loss": loss}).to_csv(tmp_path / "g.csv", index=False)
+    spec = TableSpec.from_options("loss", "N=params,D=tokens", test="N >= 1e9 or D >= 1e11")
+    task = load_task(str(write_task(tmp_path / "g.csv", spec, tmp_path)))
+    assert (task.split.validation_axis, task.split.validation_or) == ("params", ["tokens"])
+    protocol = Protocol(task, load_frame(task))
+    fit, val = protocol.fit_part.X, protocol.validation.X
+    beyond_n, beyond_d = val[:, 0] > fit[:, 0].max(), val[:, 1] > fit[:, 1].max()
+    assert (beyond_n & ~beyond_d).any() and (beyond_d & ~beyond_n).any() and (beyond_n | beyond_d).all()
+    one_axis = TableSpec.from_options("loss", "N=params,D=tokens", test="N >= 1e9 and D >= 1e11", name="corner")
+    assert load_task(str(write_task(tmp_path / "g.csv", one_axis, tmp_path))).split.validation_or == []

@@ -2,7 +2,8 @@
 
 The file it writes is an ordinary task file, to be edited and reused: variables with their symbols and
 the ranges seen in the data (units left blank), the test rule (`split.test_when`) or the split column,
-the validation axis (the variable the test rule names, else the first one), the CSV by a path relative
+the validation axis (the variable the test rule names, else the first one; both, for a test rule such as
+`N >= 1e9 or D >= 1e11`), the CSV by a path relative
 to the task file with its sha256, and one baseline law (a power law with an offset in every positive
 variable) so that `kepler bench` has something to score.
 """
@@ -126,14 +127,19 @@ def write_task(csv: Path, spec: TableSpec, out_dir: Path) -> Path:
             raise TaskError(f"{csv}: which rows are test? give --test RULE (e.g. \"N >= 1e9\": the larger-scale rows) "
                             "or --test-split-column COLUMN (train/test labels)")
         spec.split_column = "split"
-    axis = spec.variables[0][1]
+    axes = [spec.variables[0][1]]
     if spec.test:
         try:
-            named = rules.parse_rule(spec.test).names
+            rule = rules.parse_rule(spec.test)
         except rules.RuleError as exc:
             raise TaskError(f"--test: {exc}") from None
         by_symbol = dict(spec.variables)
-        axis = next((by_symbol.get(n, n) for n in named if by_symbol.get(n, n) in by_symbol.values()), axis)
+        variable_columns = set(by_symbol.values())
+        named = [by_symbol.get(n, n) for n in rule.names]
+        axes = [next((c for c in named if c in variable_columns), axes[0])]
+        either = [by_symbol.get(n, n) for n in rule.lower_bounds()]
+        if len(either) > 1 and set(either) <= variable_columns:  # "N >= a or D >= b": validation along both
+            axes = either
     name = spec.name or _name_for(csv.stem)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +169,9 @@ def write_task(csv: Path, spec: TableSpec, out_dir: Path) -> Path:
     else:
         lines += [f"rule = {_toml_str(f'the train/test labels of column {spec.split_column}')}",
                   f"column = {_toml_str(spec.split_column)}"]
-    lines.append(f"validation_axis = {_toml_str(axis)}")
+    lines.append(f"validation_axis = {_toml_str(axes[0])}")
+    if len(axes) > 1:
+        lines.append(f"validation_or = [{', '.join(_toml_str(a) for a in axes[1:])}]")
     lines += _baseline(frame, spec)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return load_task_file(path).path or path

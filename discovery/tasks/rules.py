@@ -40,6 +40,30 @@ class Rule:
             raise RuleError(f"{self.text!r} is not a condition (write a comparison such as N >= 1e9)")
         return out
 
+    def lower_bounds(self) -> list[str]:
+        """The names this rule bounds from below, one per operand, when it is `A >= a or B > b ...` (each operand
+        one name against a number): such a test split is the largest rows along any of them. [] otherwise."""
+        body = self.tree.body
+        operands = body.values if isinstance(body, ast.BoolOp) and isinstance(body.op, ast.Or) else [body]
+        names = [_lower_bounded(node) for node in operands]
+        return [] if None in names else list(dict.fromkeys(names))
+
+
+def _lower_bounded(node: ast.AST) -> str | None:
+    """`N >= 1e9`, `N > 1e9`, `1e9 <= N` or `1e9 < N`: the name N; None for anything else."""
+    if not isinstance(node, ast.Compare) or len(node.ops) != 1:
+        return None
+    left, op, right = node.left, node.ops[0], node.comparators[0]
+    if isinstance(left, ast.Name) and isinstance(op, (ast.Gt, ast.GtE)) and _is_number(right):
+        return left.id
+    if isinstance(right, ast.Name) and isinstance(op, (ast.Lt, ast.LtE)) and _is_number(left):
+        return right.id
+    return None
+
+
+def _is_number(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
+
 
 def parse_rule(text: str) -> Rule:
     if not isinstance(text, str) or not text.strip():

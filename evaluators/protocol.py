@@ -11,6 +11,7 @@ selects on test by accident is caught by a test.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from dataclasses import dataclass
@@ -177,6 +178,17 @@ class Protocol:
                             validation_blocks(self.task.split, frame[val], targets)))
             frame = rest
         return out
+
+    def fingerprint(self, n_folds: int) -> str:
+        """Which rows (and targets) the fit part, validation and the further folds hold: a run stores it, so a
+        resume after the task file or its split rule changed is caught instead of mixing two splits' scores."""
+        h = hashlib.sha256()
+        parts = [self.fit_part, self.validation, *(d for f in self.folds(n_folds)[1:] for d in (f.fit, f.validation))]
+        for part in parts:
+            h.update(np.ascontiguousarray(part.rows, dtype=np.int64).tobytes())
+            h.update(np.ascontiguousarray(part.Y, dtype=np.float64).tobytes())
+            h.update(b"|")
+        return h.hexdigest()[:16]
 
     def final_test(self, purpose: str) -> Dataset:
         """The test split, for the final report only. Every call is logged with its purpose."""

@@ -115,3 +115,34 @@ def test_llm_errors_and_retries_show_live_and_in_the_summary(tmp_path, monkeypat
     con = sqlite3.connect(tmp_path / "run" / "campaign.sqlite")
     assert con.execute("SELECT COUNT(*) FROM llm_calls WHERE status != 'ok'").fetchone()[0] == 1
     con.close()
+
+
+def test_a_run_whose_task_now_splits_differently_is_refused_not_mixed(tmp_path, monkeypatch, capsys):
+    """Editing a task's split rule (or upgrading to one that carves validation otherwise) after a run started would
+    mix two splits' scores in one leaderboard: continuing it is refused with one line, and nothing is touched."""
+    import numpy as np
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    n = np.geomspace(1e7, 3e9, 16)
+    pd.DataFrame({"N": n, "loss": 2 + 40 * n ** -0.3}).to_csv("runs.csv", index=False)
+    run = tmp_path / "run"
+    assert main(["discover", "--csv", "runs.csv", "--target", "loss", "--vars", "N", "--test", "N >= 1e9",
+                 "--generations", "1", "--islands", "1", "--population", "4", "--children", "4",
+                 "--executor", "serial", "--out", str(run)]) == 0
+    task_file = run / "runs.toml"
+    task_file.write_text(task_file.read_text().replace('validation_axis = "N"',
+                                                       'validation_axis = "N"\nvalidation_fraction = 0.4'))
+    before = (run / "best.json").read_text()
+    capsys.readouterr()
+    assert main(["discover", "--resume", str(run), "--generations", "2"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "now splits its rows differently" in err and "start a new run" in err
+    assert (run / "best.json").read_text() == before
+    db = sqlite3.connect(run / "campaign.sqlite")  # killed mid-run instead of finished: refused as well
+    db.execute("UPDATE meta SET value = '\"interrupted\"' WHERE key = 'status'")
+    db.commit()
+    db.close()
+    assert main(["discover", "--resume", str(run)]) == 2
+    assert "now splits its rows differently" in capsys.readouterr().err
+    assert main(["discover", "--resume", str(run)]) == 2  # and again: the refusal itself changed nothing

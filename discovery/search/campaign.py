@@ -298,6 +298,9 @@ class Campaign:
                                  self.protocol.validation, self.task.shape_priors(), self.protocol.validation_blocks,
                                  far_field=settings.far_field,
                                  folds=tuple(self.protocol.folds(settings.selection_folds)[1:]))
+        self._split = self.protocol.fingerprint(settings.selection_folds)
+        if self.store.meta().get("status") != "finished":  # a finished run only reports (unless extended)
+            self._refuse_changed_split()
         self._screen_rows = screening_rows(self.protocol.fit_part)
         self._screened: dict[str, str | None] = {}
         self._executor = None
@@ -328,6 +331,16 @@ class Campaign:
             self.store.close()
             raise ValueError(f"{self.run_dir} already holds {what}; continue it with kepler discover --resume "
                              f"{self.run_dir}, or choose another folder with --out")
+
+    def _refuse_changed_split(self) -> None:
+        """Scores of one split are never mixed with another's: a run whose task now carves other fit, validation
+        or fold rows (its task file, split rule or data changed since it started) is refused, not continued."""
+        stored = self.store.meta().get("split")
+        if stored is not None and stored != self._split:
+            self.store.close()
+            raise ValueError(f"{self.run_dir}: task {self.task.name!r} now splits its rows differently than when "
+                             f"this run started (its task file or data changed), so its scores no longer compare; "
+                             f"start a new run with --out")
 
     @staticmethod
     def search_fit_options(settings: CampaignSettings) -> FitOptions:
@@ -389,6 +402,7 @@ class Campaign:
 
     def _extend(self, changes: list[str], completed: int) -> None:
         """Take the raised budgets: a finished run goes on from its last generation, and reports again at the end."""
+        self._refuse_changed_split()
         meta = self.store.meta()
         self.store.set_meta(settings=self.settings.model_dump())
         self.store.event("resume", "settings changed: " + "; ".join(changes))
@@ -620,13 +634,15 @@ class Campaign:
         meta = self.store.meta()
         if "settings" not in meta:
             self.store.set_meta(settings=s.model_dump(), task=self.task.name, proposer=s.proposer, seed=s.seed,
-                                status="running", created=time.time())
+                                status="running", created=time.time(), split=self._split)
         elif meta.get("status") == "finished":
             try:
                 return json.loads((self.run_dir / "best.json").read_text())
             except (OSError, ValueError):  # best.json lost or cut short: the report is made again from the store
                 self._restore()
                 return self.finish(meta.get("stop_reason", "budget: generations"))
+        if meta.get("split") is None:  # a run stored before splits were recorded: from now on
+            self.store.set_meta(split=self._split)
         start = self._restore()
         self.progress.completed = start
         _ = self.executor  # start worker processes now, before any proposer thread exists

@@ -130,6 +130,7 @@ def run_rows(sweep_dir: Path) -> list[dict]:
             "wall_seconds": best_path.stat().st_mtime - float(meta.get("created", best_path.stat().st_mtime)),
             "stop_reason": best.get("stop_reason"),
             "generations": best.get("generations_completed"),
+            "peak_rss_mb": r["peak_rss_mb"] if "peak_rss_mb" in r.keys() else None,  # sweeps made before it: none
         })
     db.close()
     return rows
@@ -157,6 +158,7 @@ def summarize(rows: list[dict], sldbench: list[str], other: list[str], peak_mb: 
             "wall_seconds_max": max(r["wall_seconds"] for r in mine),
             "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in mine),
             "stopped_by_clock": sum("time" in (r["stop_reason"] or "") for r in mine),
+            "peak_rss_mb_max": max((r["peak_rss_mb"] for r in mine if r["peak_rss_mb"] is not None), default=None),
         })
     per_seed = []
     seeds = sorted({r["seed"] for r in done if r["task"] in {t.removesuffix(NESTED) for t in sldbench}})
@@ -193,12 +195,13 @@ def markdown(summary: dict) -> str:
     lines = [f"# Kepler discovery quality ({'nested, validation-only' if summary['nested'] else 'test split'})", "",
              summary["what"] + "; R2 clipped at -1 (SLDBench).", "",
              "| task | seeds | mean | min | max | human (Kepler fit) | human (published) | seeds ≥ human "
-             "| cand/s/core | wall s, 1 core (max) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| cand/s/core | wall s, 1 core (max) | peak MB (max) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in summary["per_task"]:
         beat = "–" if t["seeds_at_least_human"] is None else f"{t['seeds_at_least_human']}/{len(t['seeds'])}"
         lines.append(f"| {t['task']} | {len(t['seeds'])} | {fmt(t['mean'])} | {fmt(t['min'])} | {fmt(t['max'])} | "
                      f"{fmt(t['human_kepler_fit'])} | {fmt(t['human_published'])} | {beat} | "
-                     f"{fmt(t['candidates_per_second_per_core'], 2)} | {t['wall_seconds_max']:.0f} |")
+                     f"{fmt(t['candidates_per_second_per_core'], 2)} | {t['wall_seconds_max']:.0f} | "
+                     f"{fmt(t['peak_rss_mb_max'], 0)} |")
     lines += ["", "| seed | 8-task mean | tasks ≥ human |", "|---|---|---|"]
     for s in summary["per_seed"]:
         lines.append(f"| {s['seed']} | {fmt(s['sldbench_mean'])} | {s['tasks_at_least_human']}/{s['tasks']} |")

@@ -313,10 +313,37 @@ def test_sweep_on_dask_equals_the_sweep_in_one_process(tmp_path):
     here = Sweep.create(make_sweep_settings(**grid, executor="serial"), tmp_path / "here")
     there = Sweep.create(make_sweep_settings(**grid, executor="dask", workers=2), tmp_path / "there")
     try:
-        assert here.run() == there.run()
+        assert _results(here.run()) == _results(there.run())
         for seed in (0, 1):
             run = f"{TASK}/offline-seed{seed}"
             assert _table(tmp_path / "here" / run) == _table(tmp_path / "there" / run)
     finally:
         here.close()
         there.close()
+
+
+def _results(table: list[dict]) -> list[dict]:
+    """A sweep table without its timings and memory, which depend on where the runs ran."""
+    return [{k: v for k, v in row.items() if k not in ("wall_seconds_max", "peak_rss_mb_max")} for row in table]
+
+
+@pytest.mark.timeout(180)
+def test_a_pooled_sweep_runs_each_campaign_in_its_own_process_and_reports_its_peak_memory(tmp_path):
+    """The local pool gives every campaign a fresh process: the table shows each run's peak memory (a process
+    shared by several campaigns could not say whose it was), and the results are the serial sweep's."""
+    grid = dict(tasks=TASK, seeds="0-2", generations=1, population=6, children=4, fit_starts=16)
+    pooled = Sweep.create(make_sweep_settings(**grid, executor="local", workers=2), tmp_path / "pooled")
+    serial = Sweep.create(make_sweep_settings(**grid, executor="serial"), tmp_path / "serial")
+    try:
+        table = pooled.run()
+        assert _results(table) == _results(serial.run())
+        peaks = [r["peak_rss_mb"] for r in pooled.rows()]
+        assert all(50 < p < 4000 for p in peaks), peaks  # a Python process with NumPy and SymPy loaded
+        assert [r["peak_rss_mb"] for r in serial.rows()] == [None] * 3  # shared with the sweep: not claimed
+        assert table[0]["peak_rss_mb_max"] == max(peaks) and table[0]["wall_seconds_max"] > 0
+        md = (tmp_path / "pooled" / "sweep_table.md").read_text()
+        assert f"| {max(peaks):.0f} |" in md and "peak MB (max)" in md
+    finally:
+        pooled.close()
+        serial.close()
+

@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import resource
 import sqlite3
 import statistics
 import threading
@@ -220,8 +221,9 @@ def _stop_check(stop_event: str | None) -> Callable[[object], None] | None:
     return check
 
 
-def run_campaign(settings: dict, run_dir: str, stop_event: str | None = None) -> dict:
-    """Run, or resume from its store, one campaign; return what the sweep table needs."""
+def run_campaign(settings: dict, run_dir: str, stop_event: str | None = None, own_process: bool = False) -> dict:
+    """Run, or resume from its store, one campaign; return what the sweep table needs. `own_process`: the
+    campaign is the only one this process runs, so the process's peak memory is the campaign's."""
     path = Path(run_dir)
     on_progress = _stop_check(stop_event)
     campaign = None
@@ -236,7 +238,13 @@ def run_campaign(settings: dict, run_dir: str, stop_event: str | None = None) ->
         result = campaign.run()
     finally:
         campaign.close()
-    return summarize(result)
+    return {**summarize(result), "peak_rss_mb": peak_rss_mb() if own_process else None}
+
+
+def peak_rss_mb() -> float:
+    """The peak resident memory of this process or any child it waited for (the fit workers), in MB."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(max(own.ru_maxrss, kids.ru_maxrss) / 1024, 1)  # Linux reports kB
 
 
 def summarize(result: dict) -> dict:
@@ -273,11 +281,12 @@ CREATE TABLE IF NOT EXISTS runs (
     best_formula TEXT, best_val_r2 REAL, best_test_r2 REAL, human_law TEXT, human_test_r2 REAL,
     evaluated INTEGER, wall_seconds REAL, stop_reason TEXT, error TEXT,
     updated_at REAL NOT NULL,
+    peak_rss_mb REAL,                  -- the campaign's peak memory, when it ran in a process of its own
     PRIMARY KEY (task, seed, proposer)
 );
 """
 RESULT_FIELDS = ("best_formula", "best_val_r2", "best_test_r2", "human_law", "human_test_r2", "evaluated",
-                 "wall_seconds", "stop_reason")
+                 "wall_seconds", "stop_reason", "peak_rss_mb")
 
 
 @dataclass
@@ -304,6 +313,8 @@ class Sweep:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        if "peak_rss_mb" not in {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}:  # a sweep made before it
+            self.db.execute("ALTER TABLE runs ADD COLUMN peak_rss_mb REAL")
         self._lock = threading.Lock()
         self._session_start = time.time()
         self._started_mono = time.monotonic()
@@ -454,14 +465,19 @@ class Sweep:
             notify(self.progress(max_age=0))
 
     def _run_pool(self, todo, notify, workers: int, poll: float) -> None:
+        with single_blas_thread_env():  # the pool's processes start while it runs: one per campaign
+            self._run_pool_processes(todo, notify, workers, poll)
+
+    def _run_pool_processes(self, todo, notify, workers: int, poll: float) -> None:
+        """Every campaign in a process of its own: its peak memory is its own, and no campaign runs warmer (caches)
+        or heavier (memory) for the campaigns that ran before it in the same process."""
         pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_pool_worker, initargs=(os.getpid(),))
+                                   initializer=_pool_worker, initargs=(os.getpid(),), max_tasks_per_child=1)
         try:
             pending = {}
-            with single_blas_thread_env():  # the pool's processes start during these submissions
-                for key, settings, run_dir in todo:
-                    self._mark_running(key)  # shown as running only once its store is touched
-                    pending[pool.submit(run_campaign, settings, run_dir)] = key
+            for key, settings, run_dir in todo:
+                self._mark_running(key)  # shown as running only once its store is touched
+                pending[pool.submit(run_campaign, settings, run_dir, None, True)] = key
             while pending:
                 done, _ = wait_futures(list(pending), timeout=poll, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -532,6 +548,8 @@ class Sweep:
                 "best_law_seed": top["seed"] if top else None,
                 "human_law": next((r["human_law"] for r in done if r["human_law"]), None),
                 "human_test_r2": _mean(human),
+                "wall_seconds_max": _max([r["wall_seconds"] for r in done]),
+                "peak_rss_mb_max": _max([r["peak_rss_mb"] for r in done]),
             })
         return out
 
@@ -554,6 +572,11 @@ def _store_best(db: Path) -> tuple[float | None, str | None]:
     except sqlite3.Error:
         return None, None
     return (float(row[0]), row[1]) if row else (None, None)
+
+
+def _max(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return max(xs) if xs else None
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -587,13 +610,20 @@ def to_markdown(table: list[dict], settings: SweepSettings) -> str:
         "Test R² of each run's best law (selected on validation, refit on all of train, scored once on test): "
         "mean ± sd over seeds. Human law: the task's published form, constants fitted by Kepler on all of train.",
         "",
+        "Wall s and peak MB: the longest run's search and the largest run's peak memory (– where a run shared its "
+        "process with others: Dask, or the serial executor).",
+        "",
         "| task | proposer | runs | R² test, best law (mean ± sd) | R² test, human law (Kepler fit) | "
-        "best law (seed) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "best law (seed) | wall s (max) | peak MB (max) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in table:
         law = f"`{r['best_law']}` ({r['best_law_seed']})" if r["best_law"] else "–"
         human = f"{fmt(r['human_test_r2'])} ({r['human_law']})" if r["human_law"] else "–"
         lines.append(f"| {r['task']} | {r['proposer']} | {r['runs_finished']}/{r['runs']} | {mean_sd(r)} | "
-                     f"{human} | {law} |")
+                     f"{human} | {law} | {_whole(r.get('wall_seconds_max'))} | {_whole(r.get('peak_rss_mb_max'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _whole(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"

@@ -179,11 +179,11 @@ class Protocol:
             frame = rest
         return out
 
-    def fingerprint(self, n_folds: int) -> str:
-        """Which rows (and targets) the fit part, validation and the further folds hold: a run stores it, so a
+    def fingerprint(self, folds: list[Fold]) -> str:
+        """Which rows (and targets) the fit part, validation and the further `folds` hold: a run stores it, so a
         resume after the task file or its split rule changed is caught instead of mixing two splits' scores."""
         h = hashlib.sha256()
-        parts = [self.fit_part, self.validation, *(d for f in self.folds(n_folds)[1:] for d in (f.fit, f.validation))]
+        parts = [self.fit_part, self.validation, *(d for f in folds for d in (f.fit, f.validation))]
         for part in parts:
             h.update(np.ascontiguousarray(part.rows, dtype=np.int64).tobytes())
             h.update(np.ascontiguousarray(part.Y, dtype=np.float64).tobytes())

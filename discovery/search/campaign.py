@@ -294,11 +294,11 @@ class Campaign:
         self._parse = parser_for(settings.engine)
         self.fit_opts = self.search_fit_options(settings)
         self.population = Population(settings.islands, settings.population)
+        further_folds = self.protocol.folds(settings.selection_folds)[1:]
         self._fit_data = FitData(self.task.symbols, self.task.targets, self.protocol.fit_part,
                                  self.protocol.validation, self.task.shape_priors(), self.protocol.validation_blocks,
-                                 far_field=settings.far_field,
-                                 folds=tuple(self.protocol.folds(settings.selection_folds)[1:]))
-        self._split = self.protocol.fingerprint(settings.selection_folds)
+                                 far_field=settings.far_field, folds=tuple(further_folds))
+        self._split = self.protocol.fingerprint(further_folds)
         if self.store.meta().get("status") != "finished":  # a finished run only reports (unless extended)
             self._refuse_changed_split()
         self._screen_rows = screening_rows(self.protocol.fit_part)

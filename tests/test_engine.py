@@ -69,3 +69,33 @@ def test_symengine_never_parses_text():
     with pytest.raises(TypeError, match="parsed SymPy expression"):
         compile_law("A*N**2", [N], [A])
     assert compile_law(A * N**2, [N], [A]) is not None
+
+
+def test_a_long_campaign_keeps_a_bounded_number_of_compiled_laws_and_frees_the_rest(monkeypatch):
+    """Each SymEngine-compiled law holds about 1 MB: the parse cache is bounded, and a law it evicts gives its
+    memory back, so a campaign that meets thousands of formulas does not grow until the machine runs out."""
+    from functools import lru_cache
+
+    import numpy as np
+
+    from discovery.laws import cache
+
+    assert cache.CACHE_SIZE <= 1024
+    monkeypatch.setattr(cache, "_parse", lru_cache(maxsize=20)(cache._parse.__wrapped__))
+    X = np.geomspace(1e8, 1e10, 30)[:, None] * np.ones((1, 2))
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    def parse(i: int) -> None:
+        law = cache.parse_cached(f"E + A*(N/1e8)**(-a - {i}e-3) + B*(D/1e9)**(-b) + C*log(D/N + {i + 1})", ["N", "D"])
+        assert law.engine == "symengine"
+        law.predict(X, np.full(len(law.constants), 0.5))  # compiles it
+
+    for i in range(40):
+        parse(i)
+    before = rss_mb()
+    for i in range(40, 120):
+        parse(i)
+    assert rss_mb() - before < 30  # 80 more compiled laws kept would be about 90 MB

@@ -139,6 +139,8 @@ def test_a_run_whose_task_now_splits_differently_is_refused_not_mixed(tmp_path, 
     err = " ".join(capsys.readouterr().err.split())
     assert "now splits its rows differently" in err and "start a new run" in err
     assert (run / "best.json").read_text() == before
+    assert main(["discover", "--resume", str(run)]) == 0  # a finished run, not extended, still shows its report
+    assert (run / "best.json").read_text() == before
     db = sqlite3.connect(run / "campaign.sqlite")  # killed mid-run instead of finished: refused as well
     db.execute("UPDATE meta SET value = '\"interrupted\"' WHERE key = 'status'")
     db.commit()

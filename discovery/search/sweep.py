@@ -610,20 +610,16 @@ def to_markdown(table: list[dict], settings: SweepSettings) -> str:
         "Test R² of each run's best law (selected on validation, refit on all of train, scored once on test): "
         "mean ± sd over seeds. Human law: the task's published form, constants fitted by Kepler on all of train.",
         "",
-        "Wall s and peak MB: the longest run's search and the largest run's peak memory (– where a run shared its "
-        "process with others: Dask, or the serial executor).",
+        "Search s and peak MB: the longest run's search (proposing and fitting) and the largest run's peak memory "
+        "(– where a run shared its process with others: Dask, or the serial executor).",
         "",
         "| task | proposer | runs | R² test, best law (mean ± sd) | R² test, human law (Kepler fit) | "
-        "best law (seed) | wall s (max) | peak MB (max) |",
+        "best law (seed) | search s (max) | peak MB (max) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in table:
         law = f"`{r['best_law']}` ({r['best_law_seed']})" if r["best_law"] else "–"
         human = f"{fmt(r['human_test_r2'])} ({r['human_law']})" if r["human_law"] else "–"
         lines.append(f"| {r['task']} | {r['proposer']} | {r['runs_finished']}/{r['runs']} | {mean_sd(r)} | "
-                     f"{human} | {law} | {_whole(r.get('wall_seconds_max'))} | {_whole(r.get('peak_rss_mb_max'))} |")
+                     f"{human} | {law} | {fmt(r.get('wall_seconds_max'), 0)} | {fmt(r.get('peak_rss_mb_max'), 0)} |")
     return "\n".join(lines) + "\n"
-
-
-def _whole(x: float | None) -> str:
-    return "–" if x is None else f"{x:.0f}"

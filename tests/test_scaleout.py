@@ -181,19 +181,40 @@ def test_killed_dask_worker_loses_nothing(tmp_path, reference, monkeypatch, work
     killed: list[tuple[int, list]] = []
     real_map = executors.DaskExecutor.map
 
+    def slow_fits(seconds: float) -> None:
+        """Runs inside each worker process: its fits take `seconds` longer, so the kill below finds them
+        there on any machine (on a fast one, a generation's fits could all be done before it looks)."""
+        from discovery.search import executors as worker_side
+
+        fit = getattr(worker_side.run_fit, "unslowed", worker_side.run_fit)
+        if seconds:
+            def slowed(data, job):
+                time.sleep(seconds)
+                return fit(data, job)
+            slowed.unslowed = fit
+            worker_side.run_fit = slowed
+        else:
+            worker_side.run_fit = fit
+
     def map_and_kill(self, jobs, deadline=None):
         jobs = list(jobs)
         pids = self.worker_pids()
+        generation_1 = not killed and self._count > 0  # generation 0 went out: fit times are known
+        if generation_1:
+            self.client.run(slow_fits, 0.5)
         results = real_map(self, jobs, deadline)
-        if not killed and self._count > len(jobs):  # generation 1 or later: fits are now on the workers
-            deadline = time.monotonic() + 10
+        if generation_1:
+            deadline = time.monotonic() + 30
             busy = {}
             while not busy and time.monotonic() < deadline:
-                busy = {w: keys for w, keys in self.client.processing().items() if keys}
+                busy = {w: keys for w, keys in self.client.processing().items()
+                        if any(str(k).startswith("kepler-fit-") for k in keys)}
                 time.sleep(0.002)
             victim = max(busy, key=lambda w: len(busy[w])) if busy else next(iter(pids))
             os.kill(pids[victim], signal.SIGKILL)
             killed.append((pids[victim], list(busy.get(victim, ()))))
+            if survivors := [w for w in pids if w != victim]:
+                self.client.run(slow_fits, 0.0, workers=survivors)
         return results
 
     monkeypatch.setattr(executors.DaskExecutor, "map", map_and_kill)

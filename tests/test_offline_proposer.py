@@ -86,3 +86,37 @@ def test_optima_that_move_with_size_are_in_the_grammar():
     """A quadratic-in-log valley whose centre shifts with other variables (optimal learning rate vs N, D)."""
     pattern = re.compile(r"\(-m\d+ .*q\d+\*log\(.*\)\*\*2")
     assert any(pattern.search(c.formula) for c in _proposals("lr_bsz_scaling_law"))
+
+
+def test_sign_priors_keep_a_saturating_laws_floor_inside_the_target_range():
+    """sft's rectified law A0/(s0*(D/1e4)**a0 + 1) + E: with free signs its fit takes A0 < 0, a0 < 0 in many
+    groups and predicts a negative loss far beyond the data (the far-field prior then ranks it last). With the
+    sign priors the grammar bounds A0 >= 0 and E to the declared target range, and the same law keeps the prior."""
+    from discovery.laws.fit import FitOptions, fit_law, recipe_options
+    from discovery.laws.shape import shape_of
+    from discovery.tasks.dataset import Dataset
+    from evaluators.protocol import Protocol
+
+    task = load_task("sft_scaling_law")
+    context = ProposalContext(task=task, generation=0, island=0, n=8, seed=2)
+    free = OfflineProposer(task).propose([context])[0].candidates
+    signed = OfflineProposer(task, sign_priors=True).propose([context])[0].candidates
+    assert [c.formula for c in free] == [c.formula for c in signed], "the same laws, only their bounds differ"
+    rectified = [c for c in signed if re.fullmatch(r"A0/\(s0\*\(D/10000\)\*\*a0 \+ 1\) \+ E", c.formula)]
+    assert rectified, "the grammar proposes sft's rectified form"
+    offsets = [c.constants["E"] for c in signed if "E" in c.constants]
+    assert offsets and all(spec.bounds == task.target_range for spec in offsets)
+    assert all(c.constants["E"].bounds == (-np.inf, np.inf) for c in free if "E" in c.constants)
+
+    protocol = Protocol(task, load_frame(task))
+    law = parse_law(rectified[0].formula, task.symbols)
+    seen = Dataset.concat(protocol.fit_part, protocol.validation)
+    opts = recipe_options(FitOptions(seed=0, n_starts=32, n_refine=1, max_nfev=80, polish=False), "linear")
+    verdicts = {}
+    for name, specs in (("free", next(c for c in free if c.formula == rectified[0].formula).constants),
+                        ("signed", rectified[0].constants)):
+        assert name == "free" or specs["A0"].bounds[0] == 0.0
+        fit = fit_law(law, protocol.fit_part, task.targets, specs, opts)
+        verdicts[name] = shape_of(fit, seen, task.shape_priors(), far_field=True)
+    assert verdicts["free"] and "possible range" in verdicts["free"], verdicts
+    assert verdicts["signed"] is None, verdicts["signed"]

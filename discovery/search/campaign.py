@@ -126,6 +126,9 @@ class CampaignSettings(BaseModel):
     basis: bool = Field(
         default=True, description="the offline grammar proposes the classic families first (power law per variable, "
         "their sum, their product)")
+    sign_priors: bool = Field(
+        default=False, description="under study: the offline grammar keeps a saturating term's amplitude positive "
+        "and an offset inside the task's target_range, so a law's far-field floor is the offset itself")
 
     @model_validator(mode="after")
     def _dollar_budget_needs_a_price(self) -> "CampaignSettings":
@@ -249,15 +252,16 @@ def make_proposer(settings: CampaignSettings, task: Task) -> Proposer:
     from discovery.search.proposers.offline import OfflineProposer
 
     parse, fast = parser_for(settings.engine), settings.engine == "fast"
+    offline = OfflineProposer(task, parse=parse, memoize=fast, basis=settings.basis, sign_priors=settings.sign_priors)
     if settings.proposer == "offline":
-        return OfflineProposer(task, parse=parse, memoize=fast, basis=settings.basis)
+        return offline
     from discovery.search.proposers.llm import LLMProposer
     from discovery.search.proposers.mixed import MixedProposer
 
     llm = LLMProposer.from_settings(settings, task)
     if settings.proposer == "llm":
         return llm
-    return MixedProposer(llm, OfflineProposer(task, parse=parse, memoize=fast, basis=settings.basis))
+    return MixedProposer(llm, offline)
 
 
 def parser_for(engine: str) -> Callable[..., Law]:

@@ -34,6 +34,7 @@ from discovery.tasks.spec import Task
 from discovery.tasks.values import ConstantSpec
 
 AMPLITUDE = ConstantSpec(init=1.0)
+POSITIVE_AMPLITUDE = ConstantSpec(init=1.0, bounds=(0.0, math.inf))
 EXPONENT = ConstantSpec(init=-0.5, bounds=(-4.0, 4.0))
 RATE = ConstantSpec(init=-1.0, bounds=(-20.0, 20.0))
 POSITIVE_SCALE = ConstantSpec(init=1.0, bounds=(1e-4, 1e4))
@@ -55,6 +56,18 @@ class ScaledVariable:
     low: float = 1.0  # smallest observed value rounded down to 3 digits, raw units (log(x / low) >= 0 on the data)
     ratio_of: tuple[str, str] | None = None  # a derived dimensionless variable: numerator / denominator symbols
     counted: bool = False  # a positive quantity with a unit (parameters, tokens, experts): in exp() only via log
+
+
+def offset_spec(target_range: tuple[float, float] | None) -> ConstantSpec:
+    """An offset bounded by the target's declared range. The offset is the law's value where its other terms
+    vanish (the floor of a loss, as N grows), so a cross-entropy's offset is never negative. Why it matters
+    beside a saturating term A / (1 + s u^a): with A < 0 and a < 0 the same curve has the floor E + A, which
+    the fit may drive below zero although E alone looks sane; a positive A leaves E as the floor."""
+    if target_range is None:
+        return AMPLITUDE
+    lo, hi = target_range
+    init = (lo + hi) / 2 if math.isfinite(lo) and math.isfinite(hi) else min(max(1.0, lo), hi)
+    return ConstantSpec(init=init, bounds=(lo, hi))
 
 
 def _round_down(x: float) -> float:
@@ -126,9 +139,12 @@ class OfflineProposer(Proposer):
     name = "offline"
 
     def __init__(self, task: Task, parse: Callable[..., Law] = LIGHT_IN_PROCESS, memoize: bool = False,
-                 basis: bool = False):
+                 basis: bool = False, sign_priors: bool = False):
         self.task = task
         self.use_basis = basis  # generation 0 proposes the classic families first (see basis())
+        # sign priors: a saturating term's amplitude is positive and the offset lies in the target's declared range
+        self.saturating_amplitude = POSITIVE_AMPLITUDE if sign_priors else AMPLITUDE
+        self.offset_spec = offset_spec(task.target_range) if sign_priors else AMPLITUDE
         # parse_law within the time bound (in process for the grammar's own, light laws; a genome grown from an LLM's
         # survivor may not be light), over a cached parse with the campaign's fast engine
         self.parse = parse
@@ -161,6 +177,7 @@ class OfflineProposer(Proposer):
         if kind == "exp":
             return A * sp.exp(names.new("r", RATE, specs) * u)
         if kind == "sat":
+            specs[A.name] = self.saturating_amplitude
             return A / (1 + names.new("s", POSITIVE_SCALE, specs) * u ** names.new("a", EXPONENT, specs))
         if kind in ("logistic", "tanh"):
             z = sp.log(u) if v.positive else u
@@ -356,7 +373,7 @@ class OfflineProposer(Proposer):
         """Genome -> formula text. Constants get readable names that never clash with a variable symbol, nor
         look like a typo of one (`R1` beside a variable `r1`; see discovery.laws.law.near_miss)."""
         expr = g.expr(self.offset_symbol)
-        specs = {**g.specs, OFFSET: g.specs.get(OFFSET, AMPLITUDE)}
+        specs = {**g.specs, OFFSET: g.specs.get(OFFSET, self.offset_spec)}
         text = sp.srepr(expr)
         consts = sorted((s for s in expr.free_symbols if s.name in specs),
                         key=lambda s: (text.find(f"'{s.name}'"), s.name))

@@ -252,16 +252,19 @@ def make_proposer(settings: CampaignSettings, task: Task) -> Proposer:
     from discovery.search.proposers.offline import OfflineProposer
 
     parse, fast = parser_for(settings.engine), settings.engine == "fast"
-    offline = OfflineProposer(task, parse=parse, memoize=fast, basis=settings.basis, sign_priors=settings.sign_priors)
+
+    def offline() -> OfflineProposer:
+        return OfflineProposer(task, parse=parse, memoize=fast, basis=settings.basis, sign_priors=settings.sign_priors)
+
     if settings.proposer == "offline":
-        return offline
+        return offline()
     from discovery.search.proposers.llm import LLMProposer
     from discovery.search.proposers.mixed import MixedProposer
 
     llm = LLMProposer.from_settings(settings, task)
     if settings.proposer == "llm":
         return llm
-    return MixedProposer(llm, offline)
+    return MixedProposer(llm, offline())
 
 
 def parser_for(engine: str) -> Callable[..., Law]:

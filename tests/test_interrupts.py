@@ -47,13 +47,19 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C reaches `kepler` as it does in a terminal, however the tests were started: a shell's background job
+    (`make test &`) ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Kepler:
     def __init__(self, name: str, args: list[str], tmp: Path, env: dict):
         self.name = name
         self.out = open(tmp / f"{name}.out", "w+")
         self.err = open(tmp / f"{name}.err", "w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "discovery", *args], cwd=tmp, env=env,
-                                     stdout=self.out, stderr=self.err)
+                                     stdout=self.out, stderr=self.err, preexec_fn=_as_in_a_terminal)
 
     def interrupt(self) -> tuple[float, set[int]]:
         family = _descendants(self.proc.pid)

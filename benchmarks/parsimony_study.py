@@ -27,11 +27,10 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.discovery_quality import NESTED, clip  # noqa: E402
 from discovery.search.population import PARSIMONY, Member, pareto_front  # noqa: E402
 from discovery.search.selection import combine  # noqa: E402
 from discovery.tasks.spec import load_task  # noqa: E402
-
-NESTED = "_nested"  # a nested task's name is its curated task's and this (benchmarks/discovery_quality.py)
 
 Rule = Callable[[list[Member]], Member]
 
@@ -50,10 +49,6 @@ def within(tau: float) -> Rule:
 RULES: dict[str, Rule] = {f"P({lam:g})": weighted(lam) for lam in (PARSIMONY, 0.01, 0.02, 0.05)}
 RULES |= {f"T({tau:g})": within(tau) for tau in (0.05, 0.1, 0.25, 0.5)}
 CURRENT = f"P({PARSIMONY:g})"
-
-
-def clip(r2: float | None) -> float:
-    return -1.0 if r2 is None or not math.isfinite(r2) else max(-1.0, r2)
 
 
 def study_run(run_dir: Path) -> dict:

@@ -1,7 +1,10 @@
 """Search throughput: the same campaigns with two code paths, side by side in one run.
 
 `--compare engine` (default): the legacy and the fast engine; `--compare fitter`: the fast engine with the trf
-and the batched fitter (FitOptions.fitter). Per task, one campaign per variant (same seed, same generation
+and the batched fitter (FitOptions.fitter); `--compare starts`: the fast engine with a Sobol engine built for every
+group fit's starts (as before they were cached; "drawn") and with the cached draw ("cached"). The legacy variant
+of `--compare engine` draws its starts per group too, so it stays the code path the fast engine is measured
+against. Per task, one campaign per variant (same seed, same generation
 budget, no clock stop, the local pool of `--workers` processes), each in its own process, the two taking
 turns on who goes first. Reported
 per task and engine: candidates evaluated, search seconds (wall, proposing to the last write), candidates
@@ -33,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TASKS = ["vocab_scaling_law", "data_constrained_scaling_law", "lr_bsz_scaling_law", "sft_scaling_law"]
 ENGINES = ("legacy", "fast")
-VARIANTS = {"engine": ENGINES, "fitter": ("trf", "batched")}  # baseline first
+VARIANTS = {"engine": ENGINES, "fitter": ("trf", "batched"), "starts": ("drawn", "cached")}  # baseline first
+UNCACHED_STARTS = ("legacy", "drawn")
 
 
 def _cpu() -> float:
@@ -43,10 +47,15 @@ def _cpu() -> float:
 
 def one(task: str, engine: str, out: Path, generations: int, seed: int, workers: int) -> dict:
     """Run one campaign in this process; CPU of the search = this process + its (reaped) pool workers.
-    `engine` is an engine name, or a fitter name (trf, batched: the fast engine with that fitter)."""
+    `engine` is an engine name, a fitter name (trf, batched: the fast engine with that fitter) or a way to draw
+    the starts (drawn, cached: the fast engine)."""
+    from discovery.laws import fit
     from discovery.search.campaign import Campaign, CampaignSettings
 
-    path = {"fitter": engine} if engine in VARIANTS["fitter"] else {"engine": engine}
+    if engine in UNCACHED_STARTS:  # forked pool workers inherit this
+        fit._unit_starts = fit._unit_starts.__wrapped__
+    path = ({"fitter": engine} if engine in VARIANTS["fitter"] else
+            {"engine": engine} if engine in ENGINES else {})
     settings = CampaignSettings(task=task, seed=seed, generations=generations, executor="local",
                                 workers=workers, time_limit=None, out=str(out), **path)
     campaign = Campaign(settings)
@@ -126,7 +135,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--compare", choices=sorted(VARIANTS), default="engine",
-                    help="engine: legacy vs fast engine; fitter: trf vs batched fitter (fast engine)")
+                    help="engine: legacy vs fast engine; fitter: trf vs batched fitter (fast engine); "
+                         "starts: starts drawn per group fit vs cached (fast engine)")
     ap.add_argument("--out", help="where the runs go (default: a temporary directory)")
     ap.add_argument("--json")
     ap.add_argument("--markdown")

@@ -46,6 +46,23 @@ def test_same_seed_same_constants_different_seed_still_converges():
     assert c.objective == pytest.approx(a.objective, rel=1e-3)
 
 
+def test_cached_starts_fit_exactly_as_starts_drawn_afresh_for_every_group(monkeypatch):
+    """The Sobol draw behind the starts is shared between group fits (a speed-up): fits must not change by a bit,
+    and no fit can alter the draw the next one gets."""
+    from discovery.laws import fit as fit_module
+
+    X, y = _planted(noise=0.01)
+    cached = [fit_group(LAW, X[i::3], y[i::3], SPECS, FitOptions(seed=5)) for i in range(3)]
+    shared = fit_module._unit_starts(5, FitOptions().n_starts, 5)
+    with pytest.raises(ValueError, match="read-only"):
+        shared[0, 0] = 0.5
+    monkeypatch.setattr(fit_module, "_unit_starts", fit_module._unit_starts.__wrapped__)
+    drawn = [fit_group(LAW, X[i::3], y[i::3], SPECS, FitOptions(seed=5)) for i in range(3)]
+    for a, b in zip(cached, drawn, strict=True):
+        np.testing.assert_array_equal(a.theta, b.theta)
+        assert a.objective == b.objective
+
+
 def test_bad_numerics_give_failed_status_not_exceptions():
     X, y = _planted(n=20)
     law = parse_law("log(-A*N) + B", ["N", "D"])

@@ -1,8 +1,8 @@
 """Search throughput: the same campaigns with two code paths, side by side in one run.
 
 `--compare engine` (default): the legacy and the fast engine; `--compare fitter`: the fast engine with the trf
-and the batched fitter (FitOptions.fitter); `--compare starts`: the fast engine with a Sobol engine built for every
-group fit's starts (as before they were cached; "drawn") and with the cached draw ("cached"). The legacy variant
+and the batched fitter (FitOptions.fitter); `--compare starts`: the fast engine with its starts' Sobol draw built afresh
+for every group fit ("drawn", the earlier code) and shared between them ("cached"). The legacy variant
 of `--compare engine` draws its starts per group too, so it stays the code path the fast engine is measured
 against. Per task, one campaign per variant (same seed, same generation
 budget, no clock stop, the local pool of `--workers` processes), each in its own process, the two taking

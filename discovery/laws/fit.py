@@ -139,8 +139,8 @@ def _specs_for(law: Law, specs: dict[str, ConstantSpec] | None) -> tuple[np.ndar
 @functools.lru_cache(maxsize=64)
 def _unit_starts(k: int, n: int, seed: int) -> np.ndarray:
     """The scrambled Sobol points in [0, 1)^k behind `n` starts. They depend only on (k, n, seed), and building the
-    engine cost more than the rest of a small group's screen (openclip: 7% of a campaign), so one draw serves
-    every group and fit of that size; read-only, so no caller can change what the next one gets."""
+    engine cost more than the rest of a small group's screen (openclip: a quarter of a serial campaign's CPU), so
+    one draw serves every group and fit of that size; read-only, so no caller can change what the next one gets."""
     m = max(1, int(2 ** math.ceil(math.log2(max(n, 2)))))
     u = qmc.Sobol(d=k, scramble=True, seed=seed).random(m)[: n - 1]
     u.setflags(write=False)

@@ -1,13 +1,18 @@
 """Which law to report: selection rules compared on finished runs, on validation-only evidence.
 
-    python benchmarks/selection_study.py results/quality/main-nested [--top 24] [--folds 3]
+    D=results/quality/main-nested
+    KEPLER_TASKS_DIR=$D/nested/tasks KEPLER_DATA_DIR=$D/nested/data \
+        python benchmarks/selection_study.py $D [--top 24] [--folds 3]
 
 Give it the directory of a nested `benchmarks/discovery_quality.py --nested` run: every campaign there saw
 only train rows, and its "test" split is the validation slice a real campaign selects on, so nothing here
 reads a real test split. For each run, the best `--top` candidates by the campaign's own ranking are
 refit afresh on each further forward fold (`Protocol.folds`), checked against the far-field shape priors,
 and refit on all of (nested) train to score their (nested) test; the rules below then pick one law each
-and the table says how well each rule's picks extrapolate, mean over seeds and tasks. Results per
+and the tables say how well each rule's picks extrapolate: per task (mean over seeds), and per seed (the SLDBench
+tasks' mean, as the acceptance table counts it). The agreement rules add a law's disagreement with itself:
+what it predicts a step beyond train when fitted on the fit part, against when fitted on all of train (points
+built from train rows only; see `disagreement`). Results per
 candidate are cached in `selection_cache.json` beside the runs, so rules can be added and rerun cheaply.
 """
 from __future__ import annotations
@@ -20,12 +25,14 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
 from discovery.laws.law import parse_law  # noqa: E402
-from discovery.laws.shape import shape_of  # noqa: E402
+from discovery.laws.shape import settings_of_others, shape_of  # noqa: E402
 from discovery.search.population import PARSIMONY  # noqa: E402
 from discovery.search.selection import combine, fold_nmse  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
@@ -48,6 +55,41 @@ def _warm(law, fitted: str | None, targets: list[str]) -> LawFit:
     return LawFit(law, targets, fits)
 
 
+BEYOND = (0.25, 0.5)  # agreement points: this share of a group's observed range beyond its largest value (in log units
+# for a positive axis), along each axis the validation slice is carved on
+
+
+def _beyond(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if lo > 0:
+        return hi * (hi / lo) ** np.array(BEYOND)
+    return hi + (hi - lo) * np.array(BEYOND)
+
+
+def disagreement(small: LawFit, large: LawFit, seen: Dataset, axes: list[int]) -> float:
+    """How differently a law predicts just beyond train when fitted on fewer rows (`small`, fold 0's fit part)
+    and on all of train (`large`): per group and target, the mean squared gap at points built from that group's
+    train rows only (the other variables at their observed settings, each axis a step past its largest value),
+    over the target's variance in the group; the mean over fits. A law that extrapolates predicts the same
+    thing whichever rows it was fitted on."""
+    if not (small.ok and large.ok) or not axes:
+        return 0.0 if small.ok and large.ok else math.inf
+    gaps = []
+    for (group, t), big in sorted(large.fits.items()):
+        few = small.fits.get((group, t))
+        rows = seen.groups == group
+        X, var = seen.X[rows], float(np.var(seen.Y[rows, t]))
+        if few is None or not var > 0:
+            continue
+        for index in axes:
+            grid, bases = _beyond(X[:, index]), settings_of_others(X, index)
+            Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
+            with np.errstate(all="ignore"):
+                gap = np.mean((small.law.predict(Xg, few.theta) - large.law.predict(Xg, big.theta)) ** 2) / var
+            gaps.append(float(gap) if np.isfinite(gap) else math.inf)
+    return statistics.fmean(gaps) if gaps else 0.0
+
+
 def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None:
     db = sqlite3.connect(run_dir / "campaign.sqlite")
     db.row_factory = sqlite3.Row
@@ -67,11 +109,13 @@ def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None
     opts = FitOptions(seed=settings["seed"], n_starts=settings.get("fit_starts", 32), n_refine=1, max_nfev=80,
                       polish=False, tol=1e-6, time_limit=settings.get("fit_time_limit", 60.0))
     final = FitOptions(seed=settings["seed"], n_starts=1)
+    axis_columns = {task.split.validation_axis, *task.split.validation_or}
+    axes = [i for i, v in enumerate(task.variables) if v.column in axis_columns]
     test = protocol.final_test(purpose="selection study: nested test = the real validation slice")
     out = []
     for r in ranked:
         key = f"{run_dir}|{r['id']}|{n_folds}"
-        if key not in cache:
+        if "disagreement" not in cache.get(key, {}):  # (cached before the agreement rule: refit)
             law = parse_law(r["formula"], task.symbols)
             specs = _specs(r["constant_specs"])
             recipe = r["recipe"] or "linear"
@@ -83,9 +127,10 @@ def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None
             cache[key] = {"id": r["id"], "formula": r["formula"], "complexity": r["complexity"],
                           "val_nmse": r["val_nmse"], "shape": r["shape"], "far": far,
                           "fold_nmse": [r["val_nmse"], *extra],
+                          "disagreement": disagreement(warm, fit, protocol.train, axes),
                           "test_r2": score(test.Y, fit.predict(test)).r2 if fit.ok else -1.0}
         out.append(cache[key])
-    return {"task": task.name, "seed": settings["seed"], "candidates": out}
+    return {"task": task.name, "seed": settings["seed"], "sldbench": task.sldbench, "candidates": out}
 
 
 def clip(x: float) -> float:
@@ -107,6 +152,10 @@ RULES = {
                                                                   _fitness(c, combine(c["fold_nmse"])))),
     "far-field, worst fold": lambda cs: min(cs, key=lambda c: (bool(c["shape"] or c["far"]),
                                                                _fitness(c, combine(c["fold_nmse"], "max")))),
+    "agreement, fold 0": lambda cs: min(cs, key=lambda c: (bool(c["shape"]),
+                                                           _fitness(c, c["val_nmse"] + c["disagreement"]))),
+    "agreement, mean of folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"]), _fitness(
+        c, combine(c["fold_nmse"]) + c["disagreement"]))),
 }
 
 
@@ -135,7 +184,22 @@ def main() -> int:
             picks = [clip(rule(r["candidates"])["test_r2"]) for r in runs if r["task"] == t and r["candidates"]]
             per_task.append(statistics.fmean(picks))
         print(f"| {name} | {' | '.join(f'{x:.4f}' for x in per_task)} | {statistics.fmean(per_task):.4f} |")
+    _per_seed(runs)
     return 0
+
+
+def _per_seed(runs: list[dict]) -> None:
+    """Per rule: the SLDBench tasks' mean in each seed (the acceptance table's per-seed row), its mean and worst
+    seed, and the other curated tasks' mean over tasks and seeds."""
+    seeds = sorted({r["seed"] for r in runs if r["sldbench"]})
+    print(f"\n| rule | {' | '.join(f'SLDBench seed {s}' for s in seeds)} | mean | worst seed | other tasks |")
+    print("|---" * (len(seeds) + 4) + "|")
+    for name, rule in RULES.items():
+        by_seed = [statistics.fmean(clip(rule(r["candidates"])["test_r2"]) for r in runs
+                                    if r["sldbench"] and r["seed"] == s and r["candidates"]) for s in seeds]
+        other = [clip(rule(r["candidates"])["test_r2"]) for r in runs if not r["sldbench"] and r["candidates"]]
+        print(f"| {name} | {' | '.join(f'{x:.4f}' for x in by_seed)} | {statistics.fmean(by_seed):.4f} | "
+              f"{min(by_seed):.4f} | {statistics.fmean(other) if other else float('nan'):.4f} |")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def _grid(values: np.ndarray, far_field: bool = False) -> np.ndarray:
     return np.linspace(lo, hi + (hi - lo), GRID_POINTS)
 
 
-def _bases(X: np.ndarray, index: int) -> np.ndarray:
+def settings_of_others(X: np.ndarray, index: int) -> np.ndarray:
     """Distinct settings of the other variables, at most MAX_BASES of them, evenly spread."""
     rows = np.unique(np.delete(X, index, axis=1), axis=0)
     if len(rows) > MAX_BASES:
@@ -65,7 +65,7 @@ def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: 
     span = span if np.isfinite(span) and span > 0 else 1.0
     for index, symbol, sign in priors.followed():
         grid = _grid(X[:, index], far_field)
-        bases = _bases(X, index)
+        bases = settings_of_others(X, index)
         Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
         try:
             with np.errstate(all="ignore"):

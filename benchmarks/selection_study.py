@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
 from discovery.laws.law import parse_law  # noqa: E402
-from discovery.laws.shape import settings_of_others, shape_of  # noqa: E402
+from discovery.laws.shape import along, shape_of  # noqa: E402
 from discovery.search.population import PARSIMONY  # noqa: E402
 from discovery.search.selection import combine, fold_nmse  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
@@ -82,8 +82,7 @@ def disagreement(small: LawFit, large: LawFit, seen: Dataset, axes: list[int]) -
         if few is None or not var > 0:
             continue
         for index in axes:
-            grid, bases = _beyond(X[:, index]), settings_of_others(X, index)
-            Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
+            Xg = along(X, index, _beyond(X[:, index]))
             with np.errstate(all="ignore"):
                 gap = np.mean((small.law.predict(Xg, few.theta) - large.law.predict(Xg, big.theta)) ** 2) / var
             gaps.append(float(gap) if np.isfinite(gap) else math.inf)

@@ -43,12 +43,19 @@ def _grid(values: np.ndarray, far_field: bool = False) -> np.ndarray:
     return np.linspace(lo, hi + (hi - lo), GRID_POINTS)
 
 
-def settings_of_others(X: np.ndarray, index: int) -> np.ndarray:
+def _bases(X: np.ndarray, index: int) -> np.ndarray:
     """Distinct settings of the other variables, at most MAX_BASES of them, evenly spread."""
     rows = np.unique(np.delete(X, index, axis=1), axis=0)
     if len(rows) > MAX_BASES:
         rows = rows[np.linspace(0, len(rows) - 1, MAX_BASES).round().astype(int)]
     return rows
+
+
+def along(X: np.ndarray, index: int, grid: np.ndarray) -> np.ndarray:
+    """Rows that walk variable `index` over `grid` at each of the other variables' observed settings (see
+    _bases), one setting after another."""
+    bases = _bases(X, index)
+    return np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
 
 
 def _where(at: float, X: np.ndarray, index: int) -> str:
@@ -65,11 +72,10 @@ def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: 
     span = span if np.isfinite(span) and span > 0 else 1.0
     for index, symbol, sign in priors.followed():
         grid = _grid(X[:, index], far_field)
-        bases = settings_of_others(X, index)
-        Xg = np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
+        Xg = along(X, index, grid)
         try:
             with np.errstate(all="ignore"):
-                pred = np.asarray(predict(Xg), dtype=float).reshape(len(bases), len(grid))
+                pred = np.asarray(predict(Xg), dtype=float).reshape(-1, len(grid))
         except Exception as exc:  # noqa: BLE001 - an odd law NumPy cannot evaluate there breaks the priors, no crash
             return f"cannot be evaluated along {symbol} ({type(exc).__name__})"
         if not np.isfinite(pred).all():

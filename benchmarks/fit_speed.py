@@ -8,7 +8,7 @@ For each task's human law (fitted on the train split, per group and target):
 All three minimise the same objective (the law's loss on linear or log residuals). Reported: wall ms,
 training objective reached (summed over groups and targets), and test R2.
 
-    python benchmarks/fit_speed.py [task ...] [--engine symengine|sympy] [--fitter trf|batched] [--kepler-only]
+    python benchmarks/fit_speed.py [task ...] [--engine symengine|sympy] [--fitter trf|lm|batched] [--kepler-only]
         [--json out.json]
 """
 from __future__ import annotations
@@ -145,8 +145,9 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--engine", choices=["symengine", "sympy"], default="symengine",
                     help="how laws are compiled: SymEngine (a campaign's fast engine) or SymPy's lambdify")
-    ap.add_argument("--fitter", choices=["trf", "batched"], default="trf",
-                    help="Kepler's refinement: one least_squares per start and group, or all groups batched")
+    ap.add_argument("--fitter", choices=["trf", "lm", "batched"], default="trf",
+                    help="Kepler's refinement: one least_squares per start and group (trf, or MINPACK's lm), or all "
+                    "groups batched")
     ap.add_argument("--kepler-only", action="store_true",
                     help="skip the baselines (minutes per law); compare Kepler's --fitter with its trf fitter instead")
     args = ap.parse_args()

@@ -1,7 +1,8 @@
 """Search throughput: the same campaigns with two code paths, side by side in one run.
 
 `--compare engine` (default): the legacy and the fast engine; `--compare fitter`: the fast engine with the trf
-and the batched fitter (FitOptions.fitter); `--compare starts`: the fast engine with its starts' Sobol draw built afresh
+and the batched fitter (FitOptions.fitter); `--compare minpack`: the fast engine with the trf and the lm
+fitter (MINPACK); `--compare starts`: the fast engine with its starts' Sobol draw built afresh
 for every group fit ("drawn", the earlier code) and shared between them ("cached"). The legacy variant
 of `--compare engine` draws its starts per group too, so it stays the code path the fast engine is measured
 against. Per task, one campaign per variant (same seed, same generation
@@ -14,7 +15,8 @@ the fast/legacy ratios, and whether the best law, its constants and its validati
 CPU seconds are the steadier measure on a shared machine (other load inflates wall time, not CPU time).
 
     KEPLER_DATA_DIR=/work/shared/datasets python benchmarks/search_throughput.py [task ...] \
-        [--generations 60] [--seed 0] [--workers 2] [--compare engine|fitter] [--json out.json] [--markdown out.md]
+        [--generations 60] [--seed 0] [--workers 2] [--compare engine|fitter|minpack|starts] [--json out.json] \
+        [--markdown out.md]
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TASKS = ["vocab_scaling_law", "data_constrained_scaling_law", "lr_bsz_scaling_law", "sft_scaling_law"]
 ENGINES = ("legacy", "fast")
-VARIANTS = {"engine": ENGINES, "fitter": ("trf", "batched"), "starts": ("drawn", "cached")}  # baseline first
+VARIANTS = {"engine": ENGINES, "fitter": ("trf", "batched"), "minpack": ("trf", "lm"),
+            "starts": ("drawn", "cached")}  # baseline first
+FITTERS = ("trf", "lm", "batched")
 UNCACHED_STARTS = ("legacy", "drawn")
 
 
@@ -54,7 +58,7 @@ def one(task: str, engine: str, out: Path, generations: int, seed: int, workers:
 
     if engine in UNCACHED_STARTS:  # forked pool workers inherit this
         fit._unit_starts = fit._unit_starts.__wrapped__
-    path = ({"fitter": engine} if engine in VARIANTS["fitter"] else
+    path = ({"fitter": engine} if engine in FITTERS else
             {"engine": engine} if engine in ENGINES else {})
     settings = CampaignSettings(task=task, seed=seed, generations=generations, executor="local",
                                 workers=workers, time_limit=None, out=str(out), **path)

@@ -36,7 +36,7 @@ class BatchResult:
     exhausted: np.ndarray  # (B,) bool: still improving when `max_iter` steps ran out (an evaluation budget spent)
 
 
-def _rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
+def rho(z: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
     """rho(z) and rho'(z) of least_squares' losses, z = (r / f_scale)^2."""
     if loss == "linear":
         return z, np.ones_like(z)
@@ -80,8 +80,8 @@ class _Problem:
         return self.law.jacobians(self.X, theta)
 
     def cost(self, r: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        rho, _ = _rho((r / self.f) ** 2, self.loss)
-        c = 0.5 * self.f**2 * np.einsum("bn,bn->b", self.W[rows], rho)
+        value, _ = rho((r / self.f) ** 2, self.loss)
+        c = 0.5 * self.f**2 * np.einsum("bn,bn->b", self.W[rows], value)
         return np.where(np.isfinite(r).all(axis=1) & np.isfinite(c), c, np.inf)
 
 
@@ -136,7 +136,7 @@ def _levenberg_marquardt(prob: _Problem, theta0: np.ndarray, lo: np.ndarray, hi:
             with np.errstate(all="ignore"):
                 J = J / P[rows][:, :, None]
         J = np.where(np.isfinite(J) & prob.used[rows][:, :, None], J, 0.0)
-        _, d1 = _rho((r / f_scale) ** 2, loss)
+        _, d1 = rho((r / f_scale) ** 2, loss)
         w = prob.W[rows] * d1  # IRLS weights: the robust loss as a reweighted least-squares problem
         g = np.einsum("bn,bnk->bk", w * r, J)
         Jw = J * np.sqrt(w)[:, :, None]

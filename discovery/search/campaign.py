@@ -106,10 +106,11 @@ class CampaignSettings(BaseModel):
         default="fast", description="how a candidate is evaluated: fast (parsed once per process, the parsed law sent "
         "to the worker, compiled by SymEngine) or legacy (parsed at every step, SymPy lambdify), kept to measure "
         "against (benchmarks/search_throughput.py)")
-    fitter: Literal["trf", "batched"] = Field(
+    fitter: Literal["trf", "lm", "batched"] = Field(
         default="trf", description="how a candidate's constants are refined in the search (and its forward folds): "
-        "trf (one scipy least_squares call per start, group after group) or batched (every group's refinements in "
-        "one vectorised Levenberg-Marquardt; benchmarks/fit_batched.py measures both)")
+        "trf (one scipy least_squares call per start, group after group), lm (the same with MINPACK's "
+        "Levenberg-Marquardt) or batched (every group's refinements in one vectorised Levenberg-Marquardt; "
+        "benchmarks/fit_batched.py measures each against trf)")
     workers: int | None = Field(default=None, ge=1, description="worker processes (default: one per core)")
     scheduler: str | None = Field(default=None, description="address of an existing Dask scheduler (tcp://host:8786)")
     # How laws are judged (search and final choice alike): chosen on validation-only evidence over all curated

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import numpy as np
@@ -74,6 +75,33 @@ def test_a_formula_sympy_cannot_finish_is_refused_at_the_bound():
     again, seconds = timed(parse_bounded, TOO_SLOW, VARS)  # remembered: refused at once
     assert isinstance(again, FormulaTimeout) and seconds < 0.5
 
+
+
+def _sleep_then_answer(request: dict) -> dict:  # a parse that waits for the CPU a busy machine does not give it
+    time.sleep(2 * LIMIT)
+    return {"ok": True}
+
+
+def _spin(request: dict) -> dict:  # a parse that keeps computing
+    while True:
+        pass
+
+
+@pytest.mark.timeout(60)
+def test_the_bound_counts_cpu_seconds_not_the_wall_time_a_loaded_machine_adds(monkeypatch):
+    # the same formula gets the same verdict on an idle machine and on a busy one: a worker that has used
+    # little CPU is waited for past the bound (the wall-clock bound refused a 1-CPU-second human law under load)
+    monkeypatch.setattr(guard, "_work", _sleep_then_answer)
+    answer, seconds = timed(guard._in_worker, {"text": "A*N"}, LIMIT)
+    assert answer == {"ok": True} and seconds >= 2 * LIMIT
+    monkeypatch.setattr(guard, "_work", _spin)  # one that computes is stopped once it used the bound's CPU
+    answer, seconds = timed(guard._in_worker, {"text": "A*N"}, LIMIT)
+    assert answer is None and LIMIT <= seconds < guard.WALL_FACTOR * LIMIT
+    monkeypatch.setattr(guard, "_work", _sleep_then_answer)  # and none waits forever: a wall bound remains
+    monkeypatch.setattr(guard, "WALL_FACTOR", 1.5)
+    answer, seconds = timed(guard._in_worker, {"text": "A*N"}, LIMIT)
+    assert answer is None and seconds < 2 * LIMIT
+    assert guard.cpu_seconds(os.getpid()) > 0
 
 @pytest.mark.timeout(120)
 def test_a_reply_that_timed_out_is_not_parsed_again_on_resume(tmp_path, monkeypatch):

@@ -1,14 +1,18 @@
-"""A hard wall-clock bound on parsing and compiling one untrusted formula.
+"""A hard bound on the work of parsing and compiling one untrusted formula.
 
 Some short formulas send SymPy into exponential work (nested log10 or sigmoid, abs or Max over deep
 nests: rewriting, assumptions, derivatives), and that work cannot be interrupted in a thread, nor in
 C-level arithmetic. So untrusted text (LLM replies, `kepler fit`, task files' human laws, law.json)
 is first parsed and compiled in a helper process, in a worker it forks per formula and kills when it
-overruns `time_limit()` seconds; the formula is then refused with that reason (and the helper stays
-warm: a timeout costs no restart). Only a formula that was processed in time is parsed in the
-caller's process. The offline grammar's own laws are small and regular: those that are plainly light
-(`is_light`) are parsed in process, the rest go through the helper too. Verdicts are remembered for
-the life of the process, so a law is checked once however often it is re-read.
+has used `time_limit()` seconds of CPU; the formula is then refused with that reason (and the helper stays
+warm: a timeout costs no restart). CPU, not wall, time: a law's verdict must not depend on what else the
+machine runs (a human law that needs 0.3 CPU seconds took over 5 wall seconds in a niced process on a
+loaded machine, and was refused). A worker still running after WALL_FACTOR times the bound in wall time
+is stopped anyway, so no parse can hang; where CPU time cannot be read (no /proc), the bound is wall time.
+Only a formula that was processed in time is parsed in the caller's process. The offline grammar's own
+laws are small and regular: those that are plainly light (`is_light`) are parsed in process, the rest go
+through the helper too. Verdicts are remembered for the life of the process, so a law is checked once
+however often it is re-read.
 """
 from __future__ import annotations
 
@@ -29,9 +33,11 @@ from typing import Callable, Iterable, Sequence
 
 from discovery.laws.law import Law, LawError, parse_law, syntax_tree
 
-DEFAULT_TIME_LIMIT = 5.0  # seconds to parse and compile one formula; KEPLER_FORMULA_TIME_LIMIT overrides (0: off)
+DEFAULT_TIME_LIMIT = 5.0  # CPU seconds to parse and compile one formula; KEPLER_FORMULA_TIME_LIMIT overrides (0: off)
 STARTUP_TIMEOUT = 120.0  # seconds for the helper to import SymPy (not counted against any formula)
-HELPER_MARGIN = 10.0  # seconds past the limit before the helper itself is taken to be stuck
+HELPER_MARGIN = 10.0  # seconds past the worker's wall bound before the helper itself is taken to be stuck
+WALL_FACTOR = 6.0  # a worker still running after this many times the CPU bound in wall seconds is stopped
+POLL = 0.02  # seconds between looks at the worker's CPU time
 # A light formula (the offline grammar's laws are) has at most this many syntax nodes,
 LIGHT_NODES = 150
 LIGHT_NESTING = 3  # functions (and powers with a non-literal exponent) nested at most this deep,
@@ -53,7 +59,7 @@ def time_limit() -> float:
 
 
 def timeout_reason(limit: float) -> str:
-    return (f"formula took longer than {limit:g}s to parse and compile (too deeply nested or too large for "
+    return (f"formula took longer than {limit:g}s (CPU) to parse and compile (too deeply nested or too large for "
             f"SymPy); write it with fewer nested functions")
 
 
@@ -178,7 +184,7 @@ class _Helper:
                 proc.stdin.flush()
                 # the helper answers by the limit itself (it kills the worker that overran); waiting longer than
                 # that means the helper is stuck or gone: it is then stopped, and the next formula gets a new one
-                answer = self._read(proc, limit + HELPER_MARGIN)
+                answer = self._read(proc, WALL_FACTOR * limit + HELPER_MARGIN)
             except BaseException:  # Ctrl-C while waiting, a broken pipe: the helper's state is unknown
                 self.stop()
                 raise
@@ -351,6 +357,30 @@ def _stop_serving(signum, frame) -> None:
     os._exit(0)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far, from Linux's /proc; None where unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _answer_within(fh, pid: int, limit: float) -> dict | None:
+    """The worker's answer, or None once it has used `limit` CPU seconds (wall seconds where CPU time cannot be
+    read) or run WALL_FACTOR x `limit` wall seconds."""
+    start = time.monotonic()
+    while True:
+        waited = time.monotonic() - start
+        used = cpu_seconds(pid)
+        if (waited if used is None else used) >= limit or waited >= WALL_FACTOR * limit:
+            return None
+        ready, _, _ = select.select([fh], [], [], POLL)
+        if ready:
+            return json.loads(fh.read() or "null")
+
+
 def _in_worker(request: dict, limit: float) -> dict | None:
     """Do one request in a forked worker, killed when it overruns `limit`: the answer, or None (overran)."""
     read_end, write_end = os.pipe()
@@ -367,8 +397,7 @@ def _in_worker(request: dict, limit: float) -> dict | None:
     _WORKER[:] = [pid]
     os.close(write_end)
     with os.fdopen(read_end, "r", encoding="utf-8") as fh:
-        ready, _, _ = select.select([fh], [], [], limit)
-        answer = json.loads(fh.read() or "null") if ready else None
+        answer = _answer_within(fh, pid, limit)
     if answer is None:
         os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)

@@ -372,13 +372,13 @@ def _answer_within(fh, pid: int, limit: float) -> dict | None:
     read) or run WALL_FACTOR x `limit` wall seconds."""
     start = time.monotonic()
     while True:
+        ready, _, _ = select.select([fh], [], [], POLL)
+        if ready:  # an answer that came is taken, even one that came as the bound was reached
+            return json.loads(fh.read() or "null")
         waited = time.monotonic() - start
         used = cpu_seconds(pid)
         if (waited if used is None else used) >= limit or waited >= WALL_FACTOR * limit:
             return None
-        ready, _, _ = select.select([fh], [], [], POLL)
-        if ready:
-            return json.loads(fh.read() or "null")
 
 
 def _in_worker(request: dict, limit: float) -> dict | None:

@@ -44,19 +44,20 @@ def test_other_fitters_reach_the_objective_of_trf_on_every_group(openclip, recip
     law = parse_law(text, task.symbols).with_engine("symengine")
     opts = recipe_options(FitOptions(n_starts=8, n_refine=2), recipe)
     trf = fit_law(law, data, task.targets, specs, opts)
-    batched = fit_law(law, data, task.targets, specs, replace(opts, fitter=fitter))
-    assert trf.ok and batched.ok and trf.fits.keys() == batched.fits.keys()
+    other = fit_law(law, data, task.targets, specs, replace(opts, fitter=fitter))
+    assert trf.ok and other.ok and trf.fits.keys() == other.fits.keys()
     lo = np.array([specs[c].bounds[0] for c in law.constant_names])
     hi = np.array([specs[c].bounds[1] for c in law.constant_names])
     on_bound = 0
+    near = 1e-6 if fitter == "lm" else 1e-9  # lm's sin/sqrt map reaches a bound only as u nears its turning point
     for key, a in trf.fits.items():
-        b = batched.fits[key]
+        b = other.fits[key]
         assert b.objective == pytest.approx(a.objective, rel=1e-6), key
         assert b.nfev > 0 and not b.clock
         assert np.all(b.theta >= lo) and np.all(b.theta <= hi), key
-        on_bound += bool(np.isclose(b.theta, lo, atol=1e-6).any() or np.isclose(b.theta, hi, atol=1e-6).any())
+        on_bound += bool(np.isclose(b.theta, lo, atol=near).any() or np.isclose(b.theta, hi, atol=near).any())
     assert on_bound  # the bounds take part
-    assert np.allclose(batched.predict(data), trf.predict(data), rtol=1e-4)
+    assert np.allclose(other.predict(data), trf.predict(data), rtol=1e-4)
 
 
 def test_other_fitters_fail_where_trf_fails_with_the_same_reason(openclip):
@@ -68,7 +69,7 @@ def test_other_fitters_fail_where_trf_fails_with_the_same_reason(openclip):
     text, specs = LAWS[1]
     law = parse_law(text, task.symbols).with_engine("symengine")
     opts = FitOptions(n_starts=8, drop_highest_targets=1)
-    for fitter in ("trf", "batched"):
+    for fitter in ("trf", *OTHERS):
         fit = fit_law(law, few, task.targets, specs, replace(opts, fitter=fitter))
         assert fit.fits[(data.group_names[0], 0)].reason == "no rows to fit"
         assert [f.status for f in fit.fits.values()] == ["failed", "ok", "ok", "ok"]

@@ -19,8 +19,9 @@ import pytest
 import sympy as sp
 
 from discovery.cli import main
+from discovery.laws.canonical import canonical_rename
 from discovery.laws.fit import FitOptions, fit_law
-from discovery.laws.law import _canonical_rename, parse_law
+from discovery.laws.law import parse_law
 from discovery.laws.uncertainty import BootstrapOptions
 from discovery.outputs.export import FORMATS, export, record_from_run
 from discovery.outputs.export.latex import PreciseLatexPrinter, to_latex
@@ -266,7 +267,7 @@ def _parse_back(law) -> str:
     expr = expr.xreplace({x: names[x.name] for x in expr.free_symbols})
     expr = expr.replace(lambda x: isinstance(x, sp.core.function.AppliedUndef) and x.func.__name__ in ("max", "min"),
                         lambda x: (sp.Max if x.func.__name__ == "max" else sp.Min)(*x.args))
-    canon, _ = _canonical_rename(expr.doit(), law.constants)
+    canon, _ = canonical_rename(expr.doit(), law.constants)
     return sp.sstr(canon, order="lex")
 
 

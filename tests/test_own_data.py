@@ -11,7 +11,8 @@ import pytest
 import sympy as sp
 
 from discovery.cli import main
-from discovery.laws.law import _canonical_rename, parse_law
+from discovery.laws.canonical import canonical_rename
+from discovery.laws.law import parse_law
 from discovery.tasks import data
 from discovery.tasks.data import DataError, load_frame
 from discovery.tasks.spec import list_tasks, load_task
@@ -33,7 +34,7 @@ def _shape(expr: sp.Expr, n: sp.Symbol) -> str:
     are its constants' business. Constants are named by their place in the form (Kepler's canonical naming)."""
     p = sp.Symbol("p", real=True)
     expr = expr.replace(lambda e: e.is_Pow and e.base.has(n) and e.exp.free_symbols, lambda e: n ** p)
-    canon, _ = _canonical_rename(expr, sorted(expr.free_symbols - {n}, key=str))
+    canon, _ = canonical_rename(expr, sorted(expr.free_symbols - {n}, key=str))
     return sp.sstr(canon, order="lex")
 
 

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import sympy as sp
 
+from discovery.laws.canonical import canonical_rename, combine_exponentials
 from discovery.laws.compiled import CompiledLaw, compile_law
 
 MAX_TEXT_LENGTH = 1000
@@ -374,26 +375,6 @@ def _describe_node(node: ast.AST) -> str:
     return names.get(type(node).__name__, f"syntax {type(node).__name__}")
 
 
-def _canonical_rename(expr: sp.Expr, constants: Iterable[sp.Symbol]) -> tuple[sp.Expr, dict[sp.Symbol, sp.Symbol]]:
-    """Rename constants to c0, c1, ... in an order that does not depend on their names.
-
-    Each constant's key is the printed law with that constant marked and every other constant given
-    one shared name, so the key sees only structure; constants are numbered in key order. Then
-    `E + A/N**a` and `c + b*N**(-z)` print identically. (Constants in perfectly symmetric roles tie
-    and fall back to name order, which can leave two spellings of such a law.)
-    """
-    consts = list(constants)
-    shared, marked = sp.Symbol("_c", real=True), sp.Symbol("_x", real=True)
-    keys = {}
-    for c in consts:
-        mapping = {d: shared for d in consts}
-        mapping[c] = marked
-        keys[c] = sp.sstr(expr.xreplace(mapping), order="lex")
-    order = sorted(consts, key=lambda c: (keys[c], c.name))
-    rename = {c: sp.Symbol(f"c{i}", real=True) for i, c in enumerate(order)}
-    return expr.xreplace(rename), rename
-
-
 # Names the generated code may call (NumPy's and Python's, and the modules lambdify refers to). An argument named
 # like one (a constant `sign`, `select` or `maximum`, a variable `exp`, `log` or `abs`) would shadow it.
 _GENERATED_NAMES = frozenset(dir(np)) | frozenset(dir(builtins)) | {"numpy", "functools", "math", "mpmath", "scipy"}
@@ -631,7 +612,7 @@ def _build(text: str, tree: ast.Expression, variables: Sequence[str], constants:
         raise LawError("formula has no fittable constant")
     if max_constants is not None and len(used_consts) > max_constants:
         raise LawError(f"formula has {len(used_consts)} constants; this task allows at most {max_constants}")
-    canon_expr, mapping = _canonical_rename(_combine_exponentials(expr), used_consts)
+    canon_expr, mapping = canonical_rename(combine_exponentials(expr), used_consts)
     canonical = sp.sstr(canon_expr, order="lex")
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     order = sorted(used_consts, key=lambda c: int(mapping[c].name[1:]))
@@ -656,25 +637,3 @@ def _check_folded(expr: sp.Expr) -> None:
         if power.exp.is_Number and abs(_float_of(power.exp)) > MAX_EXPONENT_LITERAL:
             raise LawError(f"the formula folds to the exponent {float(power.exp):g}, beyond "
                            f"{MAX_EXPONENT_LITERAL:g} in magnitude")
-
-
-# powsimp(deep=True) costs about 2.5x more per nested function: it is applied only up to this depth, which every
-# law of the offline grammar keeps (deeper nests combine exponentials at the top level only).
-MAX_DEEP_REWRITE_NESTING = 4
-
-
-def _function_nesting(expr: sp.Expr) -> int:
-    """How many functions (or powers with a non-numeric exponent) are nested inside each other, at most."""
-    depth: dict[sp.Basic, int] = {}
-    for node in sp.postorder_traversal(expr):
-        inner = max((depth.get(a, 0) for a in node.args), default=0)
-        nests = isinstance(node, sp.Function) or (node.is_Pow and not node.exp.is_Number)
-        depth[node] = inner + (1 if nests else 0)
-    return depth.get(expr, 0)
-
-
-def _combine_exponentials(expr: sp.Expr) -> sp.Expr:
-    """exp(a)*exp(b) and exp(a + b) are one law: combine exponentials before naming (for the hash only; the
-    law is still fitted as written)."""
-    deep = _function_nesting(expr) <= MAX_DEEP_REWRITE_NESTING
-    return sp.powsimp(expr, combine="exp", deep=deep)

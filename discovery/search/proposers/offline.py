@@ -76,6 +76,26 @@ def _round_down(x: float) -> float:
     return math.floor(x / scale) * scale if x > 0 else x
 
 
+def _first_appearance(expr: sp.Expr) -> list[sp.Symbol]:
+    """The symbols of `expr` in the order SymPy prints them (terms and factors in printing order), so constants
+    are named A0, A1, ... as a reader meets them; the same order as their first place in `sp.srepr(expr)`,
+    without printing it."""
+    out: list[sp.Symbol] = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node.is_Symbol:
+            if node not in out:
+                out.append(node)
+        elif node.is_Add:
+            stack.extend(reversed(node.as_ordered_terms()))
+        elif node.is_Mul:
+            stack.extend(reversed(node.as_ordered_factors()))
+        else:
+            stack.extend(reversed(node.args))
+    return out
+
+
 def scaled_variables(task: Task) -> list[ScaledVariable]:
     out = []
     for v in task.variables:
@@ -374,11 +394,10 @@ class OfflineProposer(Proposer):
         look like a typo of one (`R1` beside a variable `r1`; see discovery.laws.law.near_miss)."""
         expr = g.expr(self.offset_symbol)
         specs = {**g.specs, OFFSET: g.specs.get(OFFSET, self.offset_spec)}
-        text = sp.srepr(expr)
-        consts = sorted((s for s in expr.free_symbols if s.name in specs),
-                        key=lambda s: (text.find(f"'{s.name}'"), s.name))
-        if not consts or len(consts) > self.limit:
+        n_constants = sum(1 for s in expr.free_symbols if s.name in specs)
+        if not n_constants or n_constants > self.limit:
             return None
+        consts = [s for s in _first_appearance(expr) if s.name in specs]
         taken = set(self.task.symbols)
         counters: dict[str, int] = {}
         rename, out_specs = {}, {}

@@ -40,7 +40,7 @@ def test_a_fit_the_clock_stopped_says_so_and_how_to_give_it_more_time(capsys):
     # and a failed fit is not a success for a script that checks the exit status
     assert main(["fit", "chinchilla_approach3", "E + A*N**(-alpha) + B*D**(-beta)", "--time-limit", "1e-9"]) == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "time limit (1e-09 s per group)" in err and "kepler fit --time-limit" in err
+    assert "time limit (1e-09 CPU s per group)" in err and "kepler fit --time-limit" in err
     assert "the fit failed for 1 of 1 group fits" in err
     assert main(["fit", "chinchilla_approach3", "E + A*N**(-alpha) + B*D**(-beta)", "--time-limit", "30",
                  "--json"]) == 0

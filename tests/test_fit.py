@@ -6,8 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from discovery.laws.deadline import WALL_FACTOR
 from discovery.laws.fit import FitOptions, fit_group, fit_law
-from discovery.laws.law import parse_law
+from discovery.laws.law import Law, parse_law
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.values import ConstantSpec
 
@@ -79,6 +80,39 @@ def test_time_limit_is_respected():
     t0 = time.perf_counter()
     fit_group(law, X, y, None, FitOptions(time_limit=0.05, n_refine=50, max_nfev=100000))
     assert time.perf_counter() - t0 < 1.0
+
+
+def _kept_off_its_core(monkeypatch, seconds: float) -> None:
+    """Every evaluation of a law waits `seconds` without using CPU, as a fit's thread does on a busy machine."""
+    predict = Law.predict
+
+    def waiting(self, X, theta):
+        time.sleep(seconds)
+        return predict(self, X, theta)
+    monkeypatch.setattr(Law, "predict", waiting)
+
+
+def test_fit_limits_count_cpu_seconds_so_other_work_on_the_machine_does_not_cut_a_fit_short(monkeypatch):
+    X, y = _planted()
+    law = parse_law("E + A/N**alpha + B/D**beta", ["N", "D"])
+    opts = FitOptions(n_starts=4, n_refine=1, max_nfev=40, polish=False, tol=1e-15, time_limit=0.2)
+    idle = fit_group(law, X, y, None, opts)
+    _kept_off_its_core(monkeypatch, 0.02)
+    t0 = time.perf_counter()
+    busy = fit_group(law, X, y, None, opts)
+    wall = time.perf_counter() - t0
+    assert wall > 2 * opts.time_limit, "the fit spent longer than its limit in wall time..."
+    assert not busy.clock and busy.nfev == idle.nfev, "...and was not stopped: the same work as on an idle machine"
+    assert np.array_equal(busy.theta, idle.theta)
+
+
+def test_a_fit_kept_from_running_is_still_stopped_after_its_wall_bound(monkeypatch):
+    X, y = _planted()
+    law = parse_law("E + A/N**alpha + B/D**beta", ["N", "D"])
+    _kept_off_its_core(monkeypatch, 0.05)
+    t0 = time.perf_counter()
+    fit = fit_group(law, X, y, None, FitOptions(n_starts=4, n_refine=1, max_nfev=10_000, tol=1e-15, time_limit=0.1))
+    assert fit.clock and time.perf_counter() - t0 < WALL_FACTOR * 0.1 + 1.0
 
 
 def test_constants_are_fitted_per_group():

@@ -198,7 +198,7 @@ def add_commands(sub) -> None:
     p.add_argument("--f-scale", type=float, default=1.0)
     p.add_argument("--log-residuals", action="store_true")
     p.add_argument("--time-limit", type=float, dest="time_limit",
-                   help="seconds per group fit (default 10; a very large CSV may need more)")
+                   help="CPU seconds per group fit (default 10; a very large CSV may need more)")
     p.add_argument("--max-groups", type=int, default=20)
     p.add_argument("--json", action="store_true")
     add_owndata_options(p)

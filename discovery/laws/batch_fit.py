@@ -13,11 +13,11 @@ not converge within `max_iter` steps are reported, so the caller can refit them 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from discovery.laws.deadline import Deadline
 from discovery.laws.law import Law
 
 _LAMBDA0 = 1e-3
@@ -87,7 +87,7 @@ class _Problem:
 
 def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: np.ndarray, lo: np.ndarray,
                  hi: np.ndarray, loss: str = "linear", f_scale: float = 1.0, log_residuals: bool = False,
-                 max_iter: int = 200, tol: float = 1e-12, deadline: float | None = None,
+                 max_iter: int = 200, tol: float = 1e-12, deadline: Deadline | None = None,
                  ftol_gain: float = 0.0, lambda0: float = _LAMBDA0) -> BatchResult:
     """Minimise every row of W's weighted cost from theta0 (k,) or (B, k), within [lo, hi].
 
@@ -96,10 +96,10 @@ def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: 
     and Nielsen's damping update from the ratio of actual to predicted decrease. A resample stops when a
     step lowers its cost by less than `tol` relative (ftol), moves the constants by less than `tol`
     relative (xtol), or its projected gradient vanishes (gtol). Steps are clipped to the bounds.
-    `deadline` (time.monotonic()) is checked before every batched step; members still running then are
-    reported in `clock`. `ftol_gain`: the ftol test counts only for a step whose gain ratio (actual over
-    predicted decrease) exceeds it, as trf's does with 0.25; heavily damped tiny steps in a long flat
-    valley then do not pass for convergence. `lambda0`: the starting damping (relative to the scaling).
+    `deadline` (CPU seconds: discovery.laws.deadline) is checked before every batched step; members still
+    running then are reported in `clock`. `ftol_gain`: the ftol test counts only for a step whose gain
+    ratio (actual over predicted decrease) exceeds it, as trf's does with 0.25; heavily damped tiny steps
+    in a long flat valley then do not pass for convergence. `lambda0`: the starting damping (relative to the scaling).
     """
     prob = _Problem(law, np.asarray(X, dtype=float), np.asarray(y, dtype=float), np.asarray(W, dtype=float), loss,
                     f_scale, log_residuals)
@@ -107,7 +107,7 @@ def fit_weighted(law: Law, X: np.ndarray, y: np.ndarray, W: np.ndarray, theta0: 
 
 
 def _levenberg_marquardt(prob: _Problem, theta0: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_iter: int,
-                         tol: float, deadline: float | None, ftol_gain: float, lambda0: float) -> BatchResult:
+                         tol: float, deadline: Deadline | None, ftol_gain: float, lambda0: float) -> BatchResult:
     loss, f_scale, log_residuals = prob.loss, prob.f, prob.log
     B, k = prob.W.shape[0], len(lo)
     theta = np.clip(np.broadcast_to(np.asarray(theta0, dtype=float), (B, k)).copy(), lo, hi)
@@ -126,7 +126,7 @@ def _levenberg_marquardt(prob: _Problem, theta0: np.ndarray, lo: np.ndarray, hi:
         rows = np.flatnonzero(~done)
         if not len(rows):
             break
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and deadline.passed():
             clock[rows] = True
             break
         th, r = theta[rows], R[rows]

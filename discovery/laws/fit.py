@@ -22,6 +22,7 @@ from scipy.optimize import least_squares, leastsq
 from scipy.stats import qmc
 
 from discovery.laws.batch_fit import fit_weighted, rho
+from discovery.laws.deadline import Deadline
 from discovery.laws.law import Law
 from discovery.laws.unbounded import Unbounded
 from discovery.tasks.dataset import Dataset
@@ -40,7 +41,7 @@ class FitOptions:
     n_starts: int = 128
     n_refine: int = 3
     seed: int = 0
-    time_limit: float = 10.0  # seconds per (group, target) fit
+    time_limit: float = 10.0  # CPU seconds per (group, target) fit (discovery.laws.deadline)
     max_nfev: int = 400
     tol: float = 1e-8  # ftol = xtol = gtol of least_squares; campaigns screen with a looser one
     polish: bool = True  # restart the refinement once from the best point (off for cheap search fits)
@@ -255,13 +256,13 @@ def _screen_chunk(law: Law, X: np.ndarray, y: np.ndarray, starts: np.ndarray, lo
 
 
 def _refine(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-            opts: FitOptions, deadline: float) -> tuple[np.ndarray, float, int, bool]:
+            opts: FitOptions, deadline: Deadline) -> tuple[np.ndarray, float, int, bool]:
     best = {"x": x0.copy(), "cost": math.inf}
     counter = {"nfev": 0}
     clock = False
 
     def fun(theta: np.ndarray) -> np.ndarray:
-        if time.monotonic() > deadline:
+        if deadline.passed():
             raise _Deadline
         counter["nfev"] += 1
         r = _residuals(law.predict(X, theta), y, opts.log_residuals)
@@ -290,7 +291,7 @@ def _refine(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.ndarr
 
 
 def _refine_lm(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-               opts: FitOptions, deadline: float) -> tuple[np.ndarray, float, int, bool]:
+               opts: FitOptions, deadline: Deadline) -> tuple[np.ndarray, float, int, bool]:
     """`_refine` by MINPACK's Levenberg-Marquardt (`scipy.optimize.leastsq` with the analytic Jacobian): its
     iterations run in Fortran, where trf's run in Python (three quarters of a search fit's time went to trf's
     own steps on groups of ~30 rows). Bounds become the MINUIT transform (discovery.laws.unbounded); a robust
@@ -307,7 +308,7 @@ def _refine_lm(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.nd
     def evaluate(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = u.tobytes()
         if key not in recent:
-            if time.monotonic() > deadline:
+            if deadline.passed():
                 raise _Deadline
             counter["nfev"] += 1
             theta = free.to_constants(u)
@@ -348,11 +349,11 @@ def _refine_lm(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.nd
 
 
 def fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantSpec] | None,
-              opts: FitOptions, warm_start: np.ndarray | None = None, deadline: float | None = None) -> GroupFit:
+              opts: FitOptions, warm_start: np.ndarray | None = None, deadline: Deadline | None = None) -> GroupFit:
     """Fit one group's rows for one target. Never raises.
 
     `warm_start`: an extra start (e.g. a sibling group's solution), screened with the others.
-    `deadline`: a monotonic time after which the fit stops, on top of `opts.time_limit`.
+    `deadline`: when the fit stops, on top of `opts.time_limit` (both count CPU seconds: discovery.laws.deadline).
     """
     dropped: list[int] = []
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -361,7 +362,7 @@ def fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantS
 
 
 def _rows_to_fit(law: Law, X: np.ndarray, y: np.ndarray, opts: FitOptions, dropped: list[int],
-                 deadline: float | None) -> tuple[np.ndarray, np.ndarray] | GroupFit:
+                 deadline: Deadline | None) -> tuple[np.ndarray, np.ndarray] | GroupFit:
     """A group's rows left after dropping its highest targets (appended to `dropped`), or the GroupFit that says
     why there is nothing to fit (both fitters give the same reasons)."""
     keep = np.ones(len(y), dtype=bool)
@@ -374,19 +375,19 @@ def _rows_to_fit(law: Law, X: np.ndarray, y: np.ndarray, opts: FitOptions, dropp
         return GroupFit(nan, "failed", "no rows to fit")
     if opts.log_residuals and np.any(y <= 0):
         return GroupFit(nan, "failed", "log residuals need positive targets")
-    if deadline is not None and time.monotonic() > deadline:
+    if deadline is not None and deadline.passed():
         return GroupFit(nan, "failed", "time limit reached before this group", clock=True)
     return X, y
 
 
 def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantSpec] | None, opts: FitOptions,
-               dropped: list[int], warm_start: np.ndarray | None, deadline: float | None) -> GroupFit:
+               dropped: list[int], warm_start: np.ndarray | None, deadline: Deadline | None) -> GroupFit:
     try:
         rows = _rows_to_fit(law, X, y, opts, dropped, deadline)
         if isinstance(rows, GroupFit):
             return rows
         X, y = rows
-        deadline = min(time.monotonic() + opts.time_limit, deadline or math.inf)
+        deadline = Deadline.after(opts.time_limit).sooner(deadline)
         init, lo, hi = _specs_for(law, specs)
         starts = _sample_starts(init, lo, hi, opts.n_starts, opts.seed)
         if warm_start is not None and np.all(np.isfinite(warm_start)):
@@ -401,7 +402,7 @@ def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, Constant
             nfev += n
             if cost < best_cost:
                 best_x, best_cost = x, cost
-            if time.monotonic() > deadline:
+            if deadline.passed():
                 clock = clock or i + 1 < min(opts.n_refine, len(ranked)) or opts.polish
                 break
         if opts.polish and math.isfinite(best_cost) and not clock:
@@ -411,8 +412,8 @@ def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, Constant
             if cost < best_cost:
                 best_x, best_cost = x, cost
         if not math.isfinite(best_cost):
-            why = (f"time limit ({opts.time_limit:g} s per group) reached before a finite fit: allow more time "
-                   f"(kepler fit --time-limit)" if clock else "refinement found no finite fit")
+            why = (f"time limit ({opts.time_limit:g} CPU s per group) reached before a finite fit: allow more "
+                   f"time (kepler fit --time-limit)" if clock else "refinement found no finite fit")
             return GroupFit(best_x, "failed", why, nfev=nfev, dropped_rows=dropped, clock=clock)
         return GroupFit(best_x, "ok", objective=best_cost, nfev=nfev, dropped_rows=dropped, clock=clock)
     except Exception as exc:  # numerics must never crash a campaign
@@ -434,7 +435,7 @@ def fit_law(law: Law, data: Dataset, targets: list[str], specs: dict[str, Consta
     if opts.fitter == "batched":
         return fit_law_batched(law, data, targets, specs, opts, total_time_limit, warm)
     t0 = time.perf_counter()
-    deadline = time.monotonic() + total_time_limit if total_time_limit else None
+    deadline = Deadline.after(total_time_limit)
     fits: dict[tuple[str, int], GroupFit] = {}
     for t in range(len(targets)):
         previous = None
@@ -509,7 +510,7 @@ def fit_law_batched(law: Law, data: Dataset, targets: list[str], specs: dict[str
                     opts: FitOptions, total_time_limit: float | None = None, warm: LawFit | None = None) -> LawFit:
     """`fit.fit_law` with every group's refinements batched (see the module docstring). Same GroupFit semantics."""
     t0 = time.perf_counter()
-    deadline = time.monotonic() + total_time_limit if total_time_limit else math.inf
+    deadline = Deadline.after(total_time_limit)
     fits: dict[tuple[str, int], GroupFit] = {}
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # overflow in a candidate is expected; it shows up as a failed status
@@ -519,13 +520,13 @@ def fit_law_batched(law: Law, data: Dataset, targets: list[str], specs: dict[str
 
 
 def _fit_target(law: Law, data: Dataset, t: int, specs: dict[str, ConstantSpec] | None, opts: FitOptions,
-                deadline: float, warm: LawFit | None) -> dict[tuple[str, int], GroupFit]:
+                deadline: Deadline, warm: LawFit | None) -> dict[tuple[str, int], GroupFit]:
     fits: dict[tuple[str, int], GroupFit] = {}
     if not law.constants:  # nothing to refine: the sequential fit only evaluates the law
         for g in data.group_names:
             mask = data.groups == g
             fits[(g, t)] = fit_group(law, data.X[mask], data.Y[mask, t], specs, opts,
-                                     deadline=None if math.isinf(deadline) else deadline)
+                                     deadline=deadline)
         return fits
     init, lo, hi = _specs_for(law, specs)
     starts = _sample_starts(init, lo, hi, opts.n_starts, opts.seed)  # the same for every group: drawn once
@@ -540,7 +541,7 @@ def _fit_target(law: Law, data: Dataset, t: int, specs: dict[str, ConstantSpec] 
         else:
             groups.append(prepared)
     # the whole batch gets the time the sequential fitter would give its groups one after another
-    limit = min(deadline, time.monotonic() + opts.time_limit * max(1, len(groups)))
+    limit = Deadline.after(opts.time_limit * max(1, len(groups))).sooner(deadline)
     for grp in groups:
         grp.members = list(grp.ranked[: opts.n_refine])
     _batched_pass(law, groups, lo, hi, opts, limit)
@@ -557,7 +558,7 @@ def _fit_target(law: Law, data: Dataset, t: int, specs: dict[str, ConstantSpec] 
 
 
 def _prepare(law: Law, name: str, X: np.ndarray, y: np.ndarray, init: np.ndarray, starts: np.ndarray, lo: np.ndarray,
-             hi: np.ndarray, opts: FitOptions, deadline: float, warm_start: np.ndarray | None) -> _Group | GroupFit:
+             hi: np.ndarray, opts: FitOptions, deadline: Deadline, warm_start: np.ndarray | None) -> _Group | GroupFit:
     """A group's rows and screened starts, or its failed GroupFit (the same reasons as `fit.fit_group`)."""
     dropped: list[int] = []
     nan = np.full(len(law.constants), np.nan)
@@ -604,14 +605,14 @@ def _cost(law: Law, grp: _Group, x: np.ndarray, opts: FitOptions) -> float:
 
 
 def _batched_pass(law: Law, groups: list[_Group], lo: np.ndarray, hi: np.ndarray, opts: FitOptions,
-                  limit: float) -> None:
+                  limit: Deadline) -> None:
     """Refine every queued (group, start) in one batched LM; continue the ones it leaves unconverged with trf."""
     queued = [(grp, x0) for grp in groups for x0 in grp.members]
     for grp in groups:
         grp.members = []
     if not queued:
         return
-    if time.monotonic() > limit:
+    if limit.passed():
         for grp, _ in queued:
             grp.clock = True
         return
@@ -642,7 +643,7 @@ def _batched_pass(law: Law, groups: list[_Group], lo: np.ndarray, hi: np.ndarray
             continue
         start = theta[b] if math.isfinite(cost[b]) else x0
         x, c, k, stopped = _refine(law, grp.X, grp.y, start, lo, hi, opts,
-                                   min(time.monotonic() + opts.time_limit, limit))
+                                   Deadline.after(opts.time_limit).sooner(limit))
         grp.nfev += k
         grp.clock = grp.clock or stopped
         grp.offer(x, c)
@@ -650,8 +651,8 @@ def _batched_pass(law: Law, groups: list[_Group], lo: np.ndarray, hi: np.ndarray
 
 def _result(grp: _Group, opts: FitOptions) -> GroupFit:
     if not math.isfinite(grp.best_cost):
-        why = (f"time limit ({opts.time_limit:g} s per group) reached before a finite fit: allow more time "
-               f"(kepler fit --time-limit)" if grp.clock else "refinement found no finite fit")
+        why = (f"time limit ({opts.time_limit:g} CPU s per group) reached before a finite fit: allow more "
+               f"time (kepler fit --time-limit)" if grp.clock else "refinement found no finite fit")
         return GroupFit(grp.best_x, "failed", why, nfev=grp.nfev, dropped_rows=grp.dropped, clock=grp.clock)
     return GroupFit(grp.best_x, "ok", objective=grp.best_cost, nfev=grp.nfev, dropped_rows=grp.dropped,
                     clock=grp.clock)

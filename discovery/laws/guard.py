@@ -31,12 +31,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from discovery.laws.deadline import WALL_FACTOR
 from discovery.laws.law import Law, LawError, parse_law, syntax_tree
 
 DEFAULT_TIME_LIMIT = 5.0  # CPU seconds to parse and compile one formula; KEPLER_FORMULA_TIME_LIMIT overrides (0: off)
 STARTUP_TIMEOUT = 120.0  # seconds for the helper to import SymPy (not counted against any formula)
 HELPER_MARGIN = 10.0  # seconds past the worker's wall bound before the helper itself is taken to be stuck
-WALL_FACTOR = 6.0  # a worker still running after this many times the CPU bound in wall seconds is stopped
 POLL = 0.02  # seconds between looks at the worker's CPU time
 # A light formula (the offline grammar's laws are) has at most this many syntax nodes,
 LIGHT_NODES = 150

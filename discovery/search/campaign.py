@@ -82,7 +82,7 @@ class CampaignSettings(BaseModel):
         default=["linear", "log_huber"], min_length=1,
         description="fitting recipes tried per candidate; validation picks one (log ones need positive targets)")
     fit_time_limit: float = Field(
-        default=60.0, gt=0, description="safety net: seconds to fit one candidate (all groups). Fits are bounded "
+        default=60.0, gt=0, description="safety net: CPU seconds to fit one candidate (all groups). Fits are bounded "
         "deterministically by evaluation counts; this only stops pathological ones, and then the result depends on "
         "machine speed (the reason is recorded)")
     # LLM settings (used by --proposer llm|mixed)

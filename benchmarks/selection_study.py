@@ -12,8 +12,10 @@ and refit on all of (nested) train to score their (nested) test; the rules below
 and the tables say how well each rule's picks extrapolate: per task (mean over seeds), and per seed (the SLDBench
 tasks' mean, as the acceptance table counts it). The agreement rules add a law's disagreement with itself:
 what it predicts a step beyond train when fitted on the fit part, against when fitted on all of train (points
-built from train rows only; see `disagreement`). Results per
-candidate are cached in `selection_cache.json` beside the runs, so rules can be added and rerun cheaply.
+built from train rows only; see `disagreement`). The floor rules also rank last a law whose floor lies on the
+edge of the target's possible range (a loss of zero with every decreasing variable grown without bound; see
+`floor_breach`). Results per candidate are cached in `selection_cache.json` beside the runs, so rules can be
+added and rerun cheaply.
 """
 from __future__ import annotations
 
@@ -89,6 +91,44 @@ def disagreement(small: LawFit, large: LawFit, seen: Dataset, axes: list[int]) -
     return statistics.fmean(gaps) if gaps else 0.0
 
 
+FLOOR_SCALES = 10.0 ** np.array([12, 24, 48, 96, 192])  # x the largest observed value, on every decreasing variable
+
+
+def floor_breach(fit: LawFit, seen: Dataset, priors) -> str | None:
+    """Whether the law's floor lies on the edge of the target's possible range: with every decreasing variable
+    grown without bound together (FLOOR_SCALES x its largest observed value, the others at their observed
+    settings), the prediction comes within TOLERANCE x the observed span of the range's lower end (a loss of
+    zero: a perfect model). As shape_of, a law breaches it when more than GROUP_SHARE of its fits do."""
+    from discovery.laws.shape import GROUP_SHARE, TOLERANCE
+    down = [d.index for d in priors.directions if d.sign < 0]
+    if not down or priors.target_range is None or not fit.ok:
+        return None
+    lo = priors.target_range[0]
+    if not np.isfinite(lo):
+        return None
+    broken = 0
+    for (group, t), gf in sorted(fit.fits.items()):
+        rows = seen.groups == group
+        X, span = seen.X[rows], float(np.ptp(seen.Y[rows, t])) or 1.0
+        if any(X[:, i].max() <= 0 for i in down):
+            continue
+        bases = np.unique(X, axis=0)[:32]
+        limits = []
+        for scale in FLOOR_SCALES:
+            Xg = bases.copy()
+            for i in down:
+                Xg[:, i] = X[:, i].max() * scale
+            with np.errstate(all="ignore"):
+                pred = np.asarray(fit.law.predict(Xg, gf.theta), dtype=float)
+            limits.append(np.where(np.isfinite(pred), pred, np.nan))
+        tail = np.array(limits)  # (scales, bases): the last finite value per base
+        last = np.array([col[np.isfinite(col)][-1] if np.isfinite(col).any() else np.inf for col in tail.T])
+        if np.any(last - lo < TOLERANCE * span):
+            broken += 1
+    return f"floor at the range's edge in {broken} of {len(fit.fits)} fits" if broken > GROUP_SHARE * len(fit.fits) \
+        else None
+
+
 def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None:
     db = sqlite3.connect(run_dir / "campaign.sqlite")
     db.row_factory = sqlite3.Row
@@ -114,7 +154,7 @@ def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None
     out = []
     for r in ranked:
         key = f"{run_dir}|{r['id']}|{n_folds}"
-        if "disagreement" not in cache.get(key, {}):  # (cached before the agreement rule: refit)
+        if "floor" not in cache.get(key, {}):  # (cached before the floor rule: refit)
             law = parse_law(r["formula"], task.symbols)
             specs = _specs(r["constant_specs"])
             recipe = r["recipe"] or "linear"
@@ -125,6 +165,8 @@ def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None
                            far_field=True) if task.shape_priors() else None
             cache[key] = {"id": r["id"], "formula": r["formula"], "complexity": r["complexity"],
                           "val_nmse": r["val_nmse"], "shape": r["shape"], "far": far,
+                          "floor": floor_breach(warm, Dataset.concat(protocol.fit_part, protocol.validation),
+                                                task.shape_priors()),
                           "fold_nmse": [r["val_nmse"], *extra],
                           "disagreement": disagreement(warm, fit, protocol.train, axes),
                           "test_r2": score(test.Y, fit.predict(test)).r2 if fit.ok else -1.0}
@@ -151,6 +193,12 @@ RULES = {
                                                                   _fitness(c, combine(c["fold_nmse"])))),
     "far-field, worst fold": lambda cs: min(cs, key=lambda c: (bool(c["shape"] or c["far"]),
                                                                _fitness(c, combine(c["fold_nmse"], "max")))),
+    "far-field + floor, mean of 2 folds": lambda cs: min(cs, key=lambda c: (
+        bool(c["shape"] or c["far"] or c["floor"]), _fitness(c, combine(c["fold_nmse"][:2])))),
+    "far-field, mean of 2 folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"] or c["far"]),
+                                                                    _fitness(c, combine(c["fold_nmse"][:2])))),
+    "far-field + floor, fold 0": lambda cs: min(cs, key=lambda c: (bool(c["shape"] or c["far"] or c["floor"]),
+                                                                   _fitness(c, c["val_nmse"]))),
     "agreement, fold 0": lambda cs: min(cs, key=lambda c: (bool(c["shape"]),
                                                            _fitness(c, c["val_nmse"] + c["disagreement"]))),
     "agreement, mean of folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"]), _fitness(
@@ -191,6 +239,8 @@ def _per_seed(runs: list[dict]) -> None:
     """Per rule: the SLDBench tasks' mean in each seed (the acceptance table's per-seed row), its mean and worst
     seed, and the other curated tasks' mean over tasks and seeds."""
     seeds = sorted({r["seed"] for r in runs if r["sldbench"]})
+    if not seeds:
+        return  # only the other curated tasks: the per-task table above is the whole answer
     print(f"\n| rule | {' | '.join(f'SLDBench seed {s}' for s in seeds)} | mean | worst seed | other tasks |")
     print("|---" * (len(seeds) + 4) + "|")
     for name, rule in RULES.items():

@@ -4,8 +4,9 @@ With a wall-clock limit, a fit that shares its core with other work gets fewer e
 and the same law could end with other constants, or fail, on a busy machine. A Deadline counts the CPU seconds
 of the thread that runs the fit instead (`time.thread_time`: a local-pool process, the serial path and a Dask
 worker thread alike). A fit that is still running after WALL_FACTOR times its limit in wall time is stopped
-anyway (a starved or blocked fit), so nothing can hang. The formula bound of discovery.laws.guard counts CPU
-seconds the same way, with the same factor.
+anyway (a starved or blocked fit), so nothing can hang. A thread's CPU clock is its own: a Deadline is read
+on the thread that made it, as every fit runs start to end on one thread. The formula bound of
+discovery.laws.guard counts CPU seconds the same way, with the same factor.
 """
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def test_a_campaign_selecting_on_folds_stores_and_reports_them(tmp_path):
     validation = result["best"]["validation"]
     assert len(validation["fold_nmse"]) == 1
     assert validation["selection_nmse"] == pytest.approx(max(validation["nmse"], validation["fold_nmse"][0]))
-    assert "forward fold" in result["how"]
+    assert "forward fold" in result["how"] and "the worst NMSE over the folds decides" in result["how"]
     on_disk = json.loads((tmp_path / "r" / "best.json").read_text())
     assert on_disk["best"]["validation"] == validation
     plain = Campaign(CampaignSettings(**{**small, "selection_folds": 1}, out=str(tmp_path / "p"))).run()

@@ -872,8 +872,9 @@ class Campaign:
     def _how(self) -> str:
         folds = len(self._fit_data.folds)
         also = (f", and on {folds} further forward fold{'s' if folds > 1 else ''} (each fitted afresh on the rows "
-                f"below its own larger-scale slice and scored there; the {self.settings.selection_rule} NMSE over "
-                f"the folds decides)") if folds else ""
+                f"below its own larger-scale slice and scored there; the "
+                f"{'mean' if self.settings.selection_rule == 'mean' else 'worst'} NMSE over the folds decides)") \
+            if folds else ""
         return (f"Candidates were fitted on the fit part of train and selected on the validation slice "
                 f"({self.task.split.describe_validation()}){also}; the Pareto front was refit on all of train "
                 f"(starting from the validated constants) and scored once on test.")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
 from discovery.laws.law import parse_law  # noqa: E402
-from discovery.laws.shape import along, shape_of  # noqa: E402
+from discovery.laws.shape import GROUP_SHARE, TOLERANCE, along, shape_of  # noqa: E402
 from discovery.search.population import PARSIMONY  # noqa: E402
 from discovery.search.selection import combine, fold_nmse  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
@@ -99,7 +99,6 @@ def floor_breach(fit: LawFit, seen: Dataset, priors) -> str | None:
     grown without bound together (FLOOR_SCALES x its largest observed value, the others at their observed
     settings), the prediction comes within TOLERANCE x the observed span of the range's lower end (a loss of
     zero: a perfect model). As shape_of, a law breaches it when more than GROUP_SHARE of its fits do."""
-    from discovery.laws.shape import GROUP_SHARE, TOLERANCE
     down = [d.index for d in priors.directions if d.sign < 0]
     if not down or priors.target_range is None or not fit.ok:
         return None

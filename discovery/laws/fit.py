@@ -348,6 +348,14 @@ def _refine_lm(law: Law, X: np.ndarray, y: np.ndarray, x0: np.ndarray, lo: np.nd
     return best["x"], best["cost"], counter["nfev"], False
 
 
+def _no_finite_fit(opts: FitOptions, clock: bool) -> str:
+    """Why a group fit ended without a finite fit (both fitters say it the same way)."""
+    if clock:
+        return (f"time limit ({opts.time_limit:g} CPU s per group) reached before a finite fit: allow more time "
+                f"(kepler fit --time-limit)")
+    return "refinement found no finite fit"
+
+
 def fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, ConstantSpec] | None,
               opts: FitOptions, warm_start: np.ndarray | None = None, deadline: Deadline | None = None) -> GroupFit:
     """Fit one group's rows for one target. Never raises.
@@ -412,9 +420,7 @@ def _fit_group(law: Law, X: np.ndarray, y: np.ndarray, specs: dict[str, Constant
             if cost < best_cost:
                 best_x, best_cost = x, cost
         if not math.isfinite(best_cost):
-            why = (f"time limit ({opts.time_limit:g} CPU s per group) reached before a finite fit: allow more "
-                   f"time (kepler fit --time-limit)" if clock else "refinement found no finite fit")
-            return GroupFit(best_x, "failed", why, nfev=nfev, dropped_rows=dropped, clock=clock)
+            return GroupFit(best_x, "failed", _no_finite_fit(opts, clock), nfev=nfev, dropped_rows=dropped, clock=clock)
         return GroupFit(best_x, "ok", objective=best_cost, nfev=nfev, dropped_rows=dropped, clock=clock)
     except Exception as exc:  # numerics must never crash a campaign
         return GroupFit(np.full(len(law.constants), np.nan), "failed", f"{type(exc).__name__}: {exc}"[:200],
@@ -651,8 +657,7 @@ def _batched_pass(law: Law, groups: list[_Group], lo: np.ndarray, hi: np.ndarray
 
 def _result(grp: _Group, opts: FitOptions) -> GroupFit:
     if not math.isfinite(grp.best_cost):
-        why = (f"time limit ({opts.time_limit:g} CPU s per group) reached before a finite fit: allow more "
-               f"time (kepler fit --time-limit)" if grp.clock else "refinement found no finite fit")
-        return GroupFit(grp.best_x, "failed", why, nfev=grp.nfev, dropped_rows=grp.dropped, clock=grp.clock)
+        return GroupFit(grp.best_x, "failed", _no_finite_fit(opts, grp.clock), nfev=grp.nfev,
+                        dropped_rows=grp.dropped, clock=grp.clock)
     return GroupFit(grp.best_x, "ok", objective=grp.best_cost, nfev=grp.nfev, dropped_rows=grp.dropped,
                     clock=grp.clock)

@@ -50,6 +50,24 @@ def test_effective_size_block_stays_positive_on_the_data():
         assert np.isfinite(law.predict(X, theta)).all()
 
 
+def test_repeated_data_gets_an_effective_size_with_diminishing_returns():
+    """Tokens D over unique tokens U are epochs: U grown by them, saturating (Muennighoff et al.'s effective
+    data), is in the grammar. One epoch counts as U itself and endless repetition as at most U (1 + k), so the
+    block is finite and bounded on every observed row and far beyond them; tasks without a ratio never get it."""
+    task = load_task("data_constrained_scaling_law")
+    proposals = _proposals("data_constrained_scaling_law", seeds=range(20))
+    repeated = [c for c in proposals if "exp((-D/U + 1)/k" in c.formula]
+    assert repeated
+    assert list(task.columns) == ["unique_tokens", "params", "tokens"]
+    X = load_frame(task)[task.columns].to_numpy(dtype=float)
+    beyond = X * np.array([1.0, 1.0, 1e6])  # a million times the tokens, the same unique tokens
+    for c in repeated[:5]:
+        law = parse_law(c.formula, task.symbols)
+        theta = np.array([c.constants[x.name].init for x in law.constants])
+        assert np.isfinite(law.predict(X, theta)).all() and np.isfinite(law.predict(beyond, theta)).all()
+    assert not any("exp((-" in c.formula for c in _proposals("vocab_scaling_law"))
+
+
 def test_constants_never_look_like_variables():
     """Domain mixture's variables are r1..r5, so rates are named R0, R1, ... instead of r0, r1, ..."""
     task = load_task("domain_mixture_scaling_law")

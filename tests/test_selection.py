@@ -106,6 +106,8 @@ def test_the_classic_families_come_first_only_when_asked():
     for c in classic[:ops.count("basis")]:
         law = parse_law(c.formula, task.symbols)
         assert set(task.symbols) & {s.name for s in law.expr.free_symbols}
+    # tokens over unique tokens count repetitions: the effective-data family is a classic one here
+    assert any("exp((-D/U + 1)/k" in c.formula for c in classic[:ops.count("basis")])
 
 
 def test_a_campaign_selecting_on_folds_stores_and_reports_them(tmp_path):

@@ -53,6 +53,26 @@ def test_a_target_that_cannot_leave_its_range_by_definition():
     assert violation(lambda v: -0.4 - 0.2 * np.tanh(v[:, 0] - 1), x, span=0.5, priors=priors) is None
 
 
+def test_a_law_is_judged_only_where_runs_can_exist():
+    """Unique tokens U never exceed tokens D on any row. Effective data U*(1 + k*(1 - exp(-(D/U - 1)/k))) is
+    undefined once U passes D (fewer than one epoch), so walking U beyond D, all else fixed, must not count
+    against it (Muennighoff et al.'s own law failed there). Where runs can exist the checks still bite."""
+    rows = np.array([[1e8, 1e9], [1e9, 1e10], [1e9, 5e10], [1e10, 1e11]])  # U, D: U <= D on every row
+    directions = (Direction(0, "U", -1), Direction(1, "D", -1))
+    same_unit = ShapePriors(directions, (0.0, np.inf), same_unit=((0, 1),))
+
+    def effective_data(x, k=5.0):
+        u, d = x[:, 0], x[:, 1]
+        return 1.8 + 300 * (u * (1 + k * (1 - np.exp(-(d / u - 1) / k)))) ** -0.3
+
+    assert "not finite at U" in violation(effective_data, rows, 1.0, ShapePriors(directions, (0.0, np.inf)))
+    assert violation(effective_data, rows, 1.0, same_unit, far_field=True) is None
+    rises_in_d = violation(lambda x: effective_data(x) + 1e-3 * np.log(x[:, 1]) ** 2, rows, 1.0, same_unit)
+    assert rises_in_d is not None and rises_in_d.startswith("rises with D")
+    assert load_task("data_constrained_scaling_law").shape_priors().same_unit == ((0, 2),)  # U and D: tokens
+    assert load_task("vocab_scaling_law").shape_priors().same_unit == ()
+
+
 def test_task_files_declare_the_range_of_their_target():
     assert load_task("easy_question_scaling_law").shape_priors().target_range == (-1.0, 0.0)
     assert load_task("moe_scaling_law").shape_priors().target_range == (0.0, np.inf)

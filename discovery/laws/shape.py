@@ -7,7 +7,9 @@ inside the data, or on the way to two decades beyond it, cannot be trusted to ex
 well it scores on the validation slice. The MoE task shows why: laws with an additive log N term win
 on the largest train size, then turn back up and fail on the test size. Tasks declare directions per
 variable (`monotone = "decreasing"`) and the target's range (`target_range`); selection ranks a law
-that breaks one below every law that keeps them (see discovery.search.population.Member.rank).
+that breaks one below every law that keeps them (see discovery.search.population.Member.rank). A law is
+judged only where runs can exist: two variables of one unit keep the order every row shows (unique tokens
+never exceed tokens).
 """
 from __future__ import annotations
 
@@ -58,6 +60,19 @@ def along(X: np.ndarray, index: int, grid: np.ndarray) -> np.ndarray:
     return np.insert(np.repeat(bases, len(grid), axis=0), index, np.tile(grid, len(bases)), axis=1)
 
 
+def _keeps_orders(X: np.ndarray, Xg: np.ndarray, same_unit: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Which probe rows keep every order between two variables of one unit that all observed rows keep.
+    Unique tokens never exceed tokens: walking U past D, all else fixed, leaves the runs that can exist (epochs
+    below one), where a law of effective data is rightly undefined."""
+    possible = np.ones(len(Xg), dtype=bool)
+    for i, j in same_unit:
+        for small, large in ((i, j), (j, i)):
+            if (X[:, small] <= X[:, large]).all():
+                possible &= Xg[:, small] <= Xg[:, large]
+                break
+    return possible
+
+
 def _where(at: float, X: np.ndarray, index: int) -> str:
     return "inside the data" if at <= X[:, index].max() else "beyond the data"
 
@@ -73,27 +88,30 @@ def violation(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray, span: 
     for index, symbol, sign in priors.followed():
         grid = _grid(X[:, index], far_field)
         Xg = along(X, index, grid)
+        possible = _keeps_orders(X, Xg, priors.same_unit).reshape(-1, len(grid))
         try:
             with np.errstate(all="ignore"):
                 pred = np.asarray(predict(Xg), dtype=float).reshape(-1, len(grid))
         except Exception as exc:  # noqa: BLE001 - an odd law NumPy cannot evaluate there breaks the priors, no crash
             return f"cannot be evaluated along {symbol} ({type(exc).__name__})"
-        if not np.isfinite(pred).all():
-            at = grid[np.flatnonzero(~np.isfinite(pred).all(axis=0))[0]]
+        broken = possible & ~np.isfinite(pred)
+        if broken.any():
+            at = grid[np.flatnonzero(broken.any(axis=0))[0]]
             return f"not finite at {symbol} = {at:.3g}"
+        pred = np.where(possible, pred, np.nan)  # points no run could have are not judged
         if priors.target_range is not None:
             lo, hi = priors.target_range
             outside = np.maximum(lo - pred, pred - hi)
-            if outside.max() > TOLERANCE * span:
-                row, col = np.unravel_index(np.argmax(outside), outside.shape)
+            if np.nanmax(outside, initial=-np.inf) > TOLERANCE * span:
+                row, col = np.unravel_index(np.nanargmax(outside), outside.shape)
                 return (f"leaves the target's possible range [{lo:g}, {hi:g}]: predicts {pred[row, col]:.4g} at "
                         f"{symbol} = {grid[col]:.3g} ({_where(grid[col], X, index)})")
         if sign:
             q = -sign * pred  # the direction made "must not rise"
-            wrong = q - np.minimum.accumulate(q, axis=1)  # how far it climbed back above its lowest point so far
-            worst = float(wrong.max())
+            wrong = q - np.fmin.accumulate(q, axis=1)  # how far it climbed back above its lowest point so far
+            worst = float(np.nanmax(wrong, initial=0.0))
             if worst > TOLERANCE * span:
-                at = grid[np.unravel_index(np.argmax(wrong), wrong.shape)[1]]
+                at = grid[np.unravel_index(np.nanargmax(wrong), wrong.shape)[1]]
                 return (f"{'rises' if sign < 0 else 'falls'} with {symbol} near {symbol} = {at:.3g} "
                         f"({_where(at, X, index)}), by {100 * worst / span:.1f}% of the target's range")
     return None

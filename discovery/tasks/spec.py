@@ -267,7 +267,15 @@ class Task(Strict):
         # the range is also followed along the scale axes; an interpolation split has none
         scale = self.split.scale_columns()
         axes = tuple((i, v.symbol) for i, v in enumerate(self.variables) if v.column in scale)
-        return ShapePriors(directions, self.target_range, axes)
+        return ShapePriors(directions, self.target_range, axes, self.same_unit_pairs())
+
+    def same_unit_pairs(self) -> tuple[tuple[int, int], ...]:
+        """Positions of positive variables that count the same thing (one unit: tokens and unique tokens). Their
+        ratio means something (epochs), and an order between them that every row keeps (unique tokens never
+        exceed tokens) holds wherever a law is checked beyond the data."""
+        positive = [(i, v.unit.strip().lower()) for i, v in enumerate(self.variables)
+                    if v.range and v.range[0] > 0 and v.unit.strip()]
+        return tuple((i, j) for k, (i, a) in enumerate(positive) for j, b in positive[k + 1:] if a == b)
 
     def symbol_for_column(self) -> dict[str, str]:
         return {v.column: v.symbol for v in self.variables}

@@ -61,6 +61,7 @@ class ShapePriors:
     directions: tuple[Direction, ...] = ()
     target_range: tuple[float, float] | None = None
     axes: tuple[tuple[int, str], ...] = ()
+    same_unit: tuple[tuple[int, int], ...] = ()  # variables of one unit: an order every row keeps is kept (shape)
 
     def __bool__(self) -> bool:
         return bool(self.directions) or self.target_range is not None

@@ -7,10 +7,12 @@ optimum that moves as a power of other variables (as optimal hyperparameters mov
 exponentials, saturating and logistic forms, products of powers, exp-linear mixtures, and powers of
 an "effective size" (one variable grown log-linearly by another, as in effective parameters or
 effective data). Variables that share a unit also give their ratio (tokens / unique tokens =
-epochs) as one more variable. A quantity with a unit (parameters, tokens, experts) enters an
-exponential only through its log, that is as a power: exp(r*N) carries a characteristic size and
-vanishes or explodes beyond the data, which an extrapolating law cannot afford; dimensionless
-variables (a learning rate, shares, ratios such as epochs) may enter raw.
+epochs) as one more variable, and with it one more block: the power of the ratio's denominator grown
+by the repetitions, with diminishing returns (u (1 + k (1 - exp(-(r - 1) / k))), Muennighoff et al.'s
+effective data, which counts repeated tokens less and less). A quantity with a unit (parameters,
+tokens, experts) enters an exponential only through its log, that is as a power: exp(r*N) carries a
+characteristic size and vanishes or explodes beyond the data, which an extrapolating law cannot
+afford; dimensionless variables (a learning rate, shares, ratios such as epochs) may enter raw.
 Mutations replace, add or drop a term, multiply a term by a factor, merge two terms into a product,
 offset a power's base, make an exponent depend on another variable, swap variables, or toggle the
 offset; crossover mixes the terms of two survivors. Everything is seeded; nothing task-specific is
@@ -40,6 +42,7 @@ RATE = ConstantSpec(init=-1.0, bounds=(-20.0, 20.0))
 POSITIVE_SCALE = ConstantSpec(init=1.0, bounds=(1e-4, 1e4))
 BASE_OFFSET = ConstantSpec(init=0.1, bounds=(0.0, 1e3))
 LOG_GAIN = ConstantSpec(init=0.5, bounds=(0.0, 100.0))
+REPEAT_GAIN = ConstantSpec(init=5.0, bounds=(0.1, 100.0))  # how many repetitions are worth new data, at most
 SHIFT = ConstantSpec(init=0.0, bounds=(-3.0, 3.0))  # how fast an optimum moves with another variable (log-log)
 MAX_TRIES = 30
 DIMENSIONLESS_UNITS = {"", "1", "fraction", "ratio"}
@@ -119,16 +122,13 @@ def _ratios(task: Task) -> list[ScaledVariable]:
     """Dimensionless ratios of positive variables that share a unit (tokens / unique tokens = epochs), the
     larger-ranged one on top. Unscaled: such ratios are of order one to a hundred by nature."""
     out = []
-    positive = [v for v in task.variables if v.range and v.range[0] > 0 and v.unit.strip()]
-    for i, a in enumerate(positive):
-        for b in positive[i + 1:]:
-            if a.unit.strip().lower() != b.unit.strip().lower():
-                continue
-            top, bottom = (a, b) if math.prod(a.range) >= math.prod(b.range) else (b, a)
-            lo = top.range[0] / bottom.range[1]
-            center = 0.5 * math.log(math.prod(top.range) / math.prod(bottom.range))
-            out.append(ScaledVariable(f"{top.symbol}/{bottom.symbol}", sp.Symbol(f"U_{top.symbol}_per_{bottom.symbol}",
-                                      real=True), 1.0, True, center, _round_down(lo), (top.symbol, bottom.symbol)))
+    for i, j in task.same_unit_pairs():
+        a, b = task.variables[i], task.variables[j]
+        top, bottom = (a, b) if math.prod(a.range) >= math.prod(b.range) else (b, a)
+        lo = top.range[0] / bottom.range[1]
+        center = 0.5 * math.log(math.prod(top.range) / math.prod(bottom.range))
+        out.append(ScaledVariable(f"{top.symbol}/{bottom.symbol}", sp.Symbol(f"U_{top.symbol}_per_{bottom.symbol}",
+                                  real=True), 1.0, True, center, _round_down(lo), (top.symbol, bottom.symbol)))
     return out
 
 
@@ -181,7 +181,8 @@ class OfflineProposer(Proposer):
         A = names.new("A", AMPLITUDE, specs)
         if v.positive:
             kind = rng.choice(["pow", "pow", "pow", "log", "logsq", "exp" if not v.counted else "pow", "sat",
-                               "logistic", "pow2", "explin", "effective", "optimum"])
+                               "logistic", "pow2", "explin", "effective", "optimum"]
+                              + (["repeated"] if v.ratio_of else []))
         else:
             kind = rng.choice(["lin", "quad", "exp", "logistic", "tanh", "explin"])
         if kind == "pow":
@@ -206,6 +207,8 @@ class OfflineProposer(Proposer):
             if kind == "tanh":
                 return A * sp.tanh(slope * (z - center))
             return A / (1 + sp.exp(-slope * (z - center)))
+        if kind == "repeated":
+            return self._repeated(v, A, names, specs)
         others = [w for w in self.vars if w.positive and w is not v]
         if kind == "optimum":  # a quadratic-in-log valley whose optimum moves as a power of other variables
             center = names.new("m", ConstantSpec(init=v.center, bounds=(v.center - 20, v.center + 20)), specs)
@@ -229,6 +232,14 @@ class OfflineProposer(Proposer):
                                                       else w.u) for w in chosen])
         return A * sp.exp(lin)
 
+    def _repeated(self, ratio: ScaledVariable, A: sp.Symbol, names: _Names, specs: dict) -> sp.Expr:
+        """A power of the ratio's denominator grown by the repetitions the ratio counts (tokens per unique token),
+        with diminishing returns: u at one repetition, at most u (1 + k) however often it is repeated."""
+        bottom = next(w for w in self.vars if w.symbol == ratio.ratio_of[1])
+        gain = names.new("k", REPEAT_GAIN, specs)
+        effective = bottom.u * (1 + gain * (1 - sp.exp(-(ratio.u - 1) / gain)))
+        return A * effective ** names.new("a", EXPONENT, specs)
+
     def _factor(self, rng: np.random.Generator, names: _Names, specs: dict) -> sp.Expr:
         v = self.vars[rng.integers(len(self.vars))]
         roll = rng.random() if v.positive else 1.0
@@ -241,8 +252,10 @@ class OfflineProposer(Proposer):
     def basis(self) -> list[Genome]:
         """The classic families, proposed before anything random: an offset plus one power law per positive
         variable (an exponential for a variable that may be zero or negative), the sum of those terms over
-        all variables (the Chinchilla form), and for several positive variables their product. The simplest
-        laws of the field are then always among the candidates, whatever the seed."""
+        all variables (the Chinchilla form), for several positive variables their product, and where a ratio
+        counts repetitions, the effective size under repetition alone and beside power laws of the other
+        variables (Muennighoff et al.'s form). The simplest laws of the field are then always among the
+        candidates, whatever the seed; one that exceeds the task's constant limit is skipped."""
         own = [v for v in self.vars if v.ratio_of is None]
         positive = [v for v in own if v.positive]
         groups = [[v] for v in own] + ([own] if len(own) > 1 else [])
@@ -256,6 +269,13 @@ class OfflineProposer(Proposer):
             product = names.new("A", AMPLITUDE, specs) * sp.Mul(*[v.u ** names.new("a", EXPONENT, specs)
                                                                  for v in positive])
             out.append(Genome([product], offset=True, specs=specs))
+        for ratio in (v for v in self.vars if v.ratio_of):  # repeated data: alone, and beside the other variables
+            rest = [v for v in positive if v.symbol not in ratio.ratio_of]
+            for others in ([], rest) if rest else ([],):
+                names, specs = _Names(), {}
+                terms = [self._basic_term(v, names, specs) for v in others]
+                terms.append(self._repeated(ratio, names.new("A", AMPLITUDE, specs), names, specs))
+                out.append(Genome(terms, offset=True, specs=specs))
         return out
 
     @staticmethod

@@ -6,9 +6,10 @@
 A campaign's fit seed is its own seed, so a law whose fit lands in another basin on another seed gets another
 score there, and which law a campaign reports can change with the seed although the same law was evaluated on
 every one. This prints, per fit setting, the NMSE on the validation slice (fold 0) and on each further forward
-fold for fit seeds 0..n-1, and the CPU seconds those fits took. Give it a nested task (see
-`benchmarks/discovery_quality.py --nested`): nothing here reads a real test split. The constants' bounds are the
-offline grammar's when the formula is one of its classic families (`OfflineProposer.basis`), else the defaults.
+fold for fit seeds 0..n-1 (`selection.fold_nmse`, as a campaign scores them: a failed fit scores 1e5), and the
+CPU seconds those fits took. Give it a nested task (see `benchmarks/discovery_quality.py --nested`): nothing
+here reads a real test split. The constants' bounds are the offline grammar's when the formula is one of its
+classic families (`OfflineProposer.basis`), else the defaults.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from discovery.laws.fit import fit_law, recipe_options  # noqa: E402
 from discovery.laws.law import parse_law  # noqa: E402
 from discovery.search.campaign import Campaign, CampaignSettings  # noqa: E402
 from discovery.search.proposers.offline import OfflineProposer  # noqa: E402
+from discovery.search.selection import fold_nmse  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
 from discovery.tasks.spec import load_task  # noqa: E402
 from evaluators.protocol import Protocol  # noqa: E402
@@ -58,9 +59,8 @@ def main() -> None:
         for seed in range(args.seeds):
             opts = dataclasses.replace(Campaign.search_fit_options(CampaignSettings(task=task.name, seed=seed)),
                                        **change)
-            for i, fold in enumerate(folds):
-                fit = fit_law(law, fold.fit, task.targets, specs, recipe_options(opts, args.recipe))
-                nmse[i].append(fold.score(fit.predict(fold.validation)).nmse if fit.ok else float("nan"))
+            for i, score in enumerate(fold_nmse(law, specs, args.recipe, folds, task.targets, opts)):
+                nmse[i].append(score)
         cells = " | ".join(f"fold {i}: " + " ".join(f"{x:.3f}" for x in row) for i, row in enumerate(nmse))
         print(f"  {label:24s} {time.process_time() - t0:5.2f} s CPU  {cells}")
 

@@ -12,7 +12,8 @@ and refit on all of (nested) train to score their (nested) test; the rules below
 and the tables say how well each rule's picks extrapolate: per task (mean over seeds), and per seed (the SLDBench
 tasks' mean, as the acceptance table counts it). The agreement rules add a law's disagreement with itself:
 what it predicts a step beyond train when fitted on the fit part, against when fitted on all of train (points
-built from train rows only; see `disagreement`). The floor rules also rank last a law whose floor lies on the
+built from train rows only; see `disagreement`); "agreement of fold fits" compares instead the two fits a campaign
+makes anyway, fold 1's against the fit part's. The floor rules also rank last a law whose floor lies on the
 edge of the target's possible range (a loss of zero with every decreasing variable grown without bound; see
 `floor_breach`). Results per candidate are cached in `selection_cache.json` beside the runs, so rules can be
 added and rerun cheaply.
@@ -36,7 +37,7 @@ from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_opt
 from discovery.laws.law import parse_law  # noqa: E402
 from discovery.laws.shape import GROUP_SHARE, TOLERANCE, along, shape_of  # noqa: E402
 from discovery.search.population import PARSIMONY  # noqa: E402
-from discovery.search.selection import combine, fold_nmse  # noqa: E402
+from discovery.search.selection import combine, fold_fits  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
 from discovery.tasks.dataset import Dataset  # noqa: E402
 from discovery.tasks.spec import load_task  # noqa: E402
@@ -153,11 +154,12 @@ def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None
     out = []
     for r in ranked:
         key = f"{run_dir}|{r['id']}|{n_folds}"
-        if "floor" not in cache.get(key, {}):  # (cached before the floor rule: refit)
+        if "disagreement_folds" not in cache.get(key, {}):  # (cached before the fold-fit agreement rule: refit)
             law = parse_law(r["formula"], task.symbols)
             specs = _specs(r["constant_specs"])
             recipe = r["recipe"] or "linear"
-            extra = fold_nmse(law, specs, recipe, folds[1:], task.targets, opts, total_time_limit=60.0)
+            scored = fold_fits(law, specs, recipe, folds[1:], task.targets, opts, total_time_limit=60.0)
+            extra = [nmse for nmse, _ in scored]
             warm = _warm(law, r["constants"], task.targets)
             fit = fit_law(law, protocol.train, task.targets, specs, recipe_options(final, recipe), warm=warm)
             far = shape_of(warm, Dataset.concat(protocol.fit_part, protocol.validation), task.shape_priors(),
@@ -168,6 +170,8 @@ def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None
                                                 task.shape_priors()),
                           "fold_nmse": [r["val_nmse"], *extra],
                           "disagreement": disagreement(warm, fit, protocol.train, axes),
+                          "disagreement_folds": disagreement(scored[0][1], warm, protocol.train, axes)
+                          if scored else None,  # (no further fold: nothing to compare)
                           "test_r2": score(test.Y, fit.predict(test)).r2 if fit.ok else -1.0}
         out.append(cache[key])
     return {"task": task.name, "seed": settings["seed"], "sldbench": task.sldbench, "candidates": out}
@@ -202,6 +206,8 @@ RULES = {
                                                            _fitness(c, c["val_nmse"] + c["disagreement"]))),
     "agreement, mean of folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"]), _fitness(
         c, combine(c["fold_nmse"]) + c["disagreement"]))),
+    "agreement of fold fits, mean of folds": lambda cs: min(cs, key=lambda c: (bool(c["shape"]), _fitness(
+        c, combine(c["fold_nmse"]) + (c["disagreement_folds"] or 0.0)))),
 }
 
 

@@ -130,6 +130,7 @@ def run_rows(sweep_dir: Path) -> list[dict]:
             # start to best.json, search and final report; a run interrupted and resumed spans the pause as well
             "wall_seconds": best_path.stat().st_mtime - float(meta.get("created", best_path.stat().st_mtime)),
             "stop_reason": best.get("stop_reason"),
+            "close_call": None if "close_call" not in best else not best["close_call"]["decided"],  # older: None
             "generations": best.get("generations_completed"),
             "peak_rss_mb": r["peak_rss_mb"] if "peak_rss_mb" in r.keys() else None,  # sweeps made before it: none
         })
@@ -160,6 +161,8 @@ def summarize(rows: list[dict], sldbench: list[str], other: list[str], peak_mb: 
             "search_seconds_max": max(r["search_seconds"] for r in mine),  # summed over a resumed run's parts
             "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in mine),
             "stopped_by_clock": sum("time" in (r["stop_reason"] or "") for r in mine),
+            "close_calls": None if any(r.get("close_call") is None for r in mine)
+            else sum(r["close_call"] for r in mine),
             "peak_rss_mb_max": max((r["peak_rss_mb"] for r in mine if r["peak_rss_mb"] is not None), default=None),
         })
     per_seed = []
@@ -197,11 +200,12 @@ def markdown(summary: dict) -> str:
     lines = [f"# Kepler discovery quality ({'nested, validation-only' if summary['nested'] else 'test split'})", "",
              summary["what"] + "; R2 clipped at -1 (SLDBench).", "",
              "| task | seeds | mean | min | max | human (Kepler fit) | human (published) | seeds ≥ human "
-             "| cand/s/core | search s, 1 core (max) | peak MB (max) |", "|" + "---|" * 11]
+             "| close calls | cand/s/core | search s, 1 core (max) | peak MB (max) |", "|" + "---|" * 12]
     for t in summary["per_task"]:
         beat = "–" if t["seeds_at_least_human"] is None else f"{t['seeds_at_least_human']}/{len(t['seeds'])}"
         lines.append(f"| {t['task']} | {len(t['seeds'])} | {fmt(t['mean'])} | {fmt(t['min'])} | {fmt(t['max'])} | "
                      f"{fmt(t['human_kepler_fit'])} | {fmt(t['human_published'])} | {beat} | "
+                     f"{'–' if t['close_calls'] is None else t['close_calls']} | "
                      f"{fmt(t['candidates_per_second_per_core'], 2)} | {t['search_seconds_max']:.0f} | "
                      f"{fmt(t['peak_rss_mb_max'], 0)} |")
     lines += ["", "| seed | 8-task mean | tasks ≥ human |", "|---|---|---|"]
@@ -214,7 +218,9 @@ def markdown(summary: dict) -> str:
               f"Runs finished: {summary['runs_finished']}/{summary['runs']}.",
               "Each campaign ran on one core (the sweep runs its campaigns side by side, each with the serial "
               "executor); `kepler discover` on its own fits on every core. Search s: proposing and fitting, without "
-              "the final report, summed over the parts of a run that was interrupted and resumed."]
+              "the final report, summed over the parts of a run that was interrupted and resumed. Close calls: "
+              "seeds whose run warned that laws as good as its best on selection part from it beyond train "
+              "(discovery.search.close_calls; – for runs made before it)."]
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
 from discovery.laws.law import parse_law  # noqa: E402
 from discovery.laws.shape import GROUP_SHARE, TOLERANCE, along, shape_of  # noqa: E402
+from discovery.search.close_calls import beyond  # noqa: E402
 from discovery.search.population import PARSIMONY  # noqa: E402
 from discovery.search.selection import combine, fold_fits  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
@@ -58,17 +59,6 @@ def _warm(law, fitted: str | None, targets: list[str]) -> LawFit:
     return LawFit(law, targets, fits)
 
 
-BEYOND = (0.25, 0.5)  # agreement points: this share of a group's observed range beyond its largest value (in log units
-# for a positive axis), along each axis the validation slice is carved on
-
-
-def _beyond(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(values)), float(np.max(values))
-    if lo > 0:
-        return hi * (hi / lo) ** np.array(BEYOND)
-    return hi + (hi - lo) * np.array(BEYOND)
-
-
 def disagreement(small: LawFit, large: LawFit, seen: Dataset, axes: list[int]) -> float:
     """How differently a law predicts just beyond train when fitted on fewer rows (`small`, fold 0's fit part)
     and on all of train (`large`): per group and target, the mean squared gap at points built from that group's
@@ -85,7 +75,7 @@ def disagreement(small: LawFit, large: LawFit, seen: Dataset, axes: list[int]) -
         if few is None or not var > 0:
             continue
         for index in axes:
-            Xg = along(X, index, _beyond(X[:, index]))
+            Xg = along(X, index, beyond(X[:, index]))
             with np.errstate(all="ignore"):
                 gap = np.mean((small.law.predict(Xg, few.theta) - large.law.predict(Xg, big.theta)) ** 2) / var
             gaps.append(float(gap) if np.isfinite(gap) else math.inf)

@@ -88,6 +88,7 @@ def blocks(record: LawRecord, run_dir: Path, figures: dict[str, Path], protocol)
            Block("p", "Validation: constants fitted on the fit part of train, scored on the validation slice (what "
                       "selection saw). Test: constants refit on all of train, scored once on the test split."),
            _leaderboard(best)]
+    out += _close_call(best)
     out += _best_law(record)
     out += _derived(record)
     if figures:
@@ -107,6 +108,23 @@ def blocks(record: LawRecord, run_dir: Path, figures: dict[str, Path], protocol)
             Block("p", f"`kepler discover --resume {run_dir}` replays a finished run; `kepler export {run_dir}` "
                        f"writes the best law as LaTeX, Markdown, JSON, Python, SLDBench and BibTeX.")]
     return out
+
+
+def _close_call(best: dict) -> list[Block]:
+    """The laws as good as the best on selection that part from it beyond train, when the data did not decide."""
+    call = best.get("close_call")
+    if not call or call.get("decided", True):
+        return []
+    spread = call["spread_sd"]
+    spread = "without bound" if spread == "inf" else f"by {spread:.2g} standard deviations of the target"
+    return [Block("h2", "Close call"),
+            Block("p", f"The laws below score within {call['margin']:.0%} of the best on selection, but part from it "
+                       f"{spread} at {call['where']}: the data did not decide between them, and another seed may "
+                       f"report one of them. Run more seeds (`kepler sweep`) or add larger-scale runs."),
+            _table(["id", "law", "selection NMSE", "validation R²", "complexity"],
+                   [[c["id"], f"`{c['formula']}`", f"{c['selection_nmse']:.4g}",
+                     "–" if c["validation_r2"] is None else f"{c['validation_r2']:.4f}", c["complexity"]]
+                    for c in call["contenders"]])]
 
 
 CAPTIONS = {

@@ -31,6 +31,7 @@ from discovery.laws.guard import bounded
 from discovery.laws.identifiability import redundant_constants, screening_rows
 from discovery.laws.law import Law, LawError, parse_law
 from discovery.laws.shape import SHAPE_KEPT, shape_of
+from discovery.search.close_calls import CloseCall, contenders, spread_beyond
 from discovery.search.executors import FitData, FitJob, FitOutcome, OutOfTime, constants_json, make_executor
 from discovery.search.population import Member, Population, pareto_front
 from discovery.search.proposers.accounting import DEFAULT_PRICES, find_price, unknown_price_message
@@ -812,11 +813,10 @@ class Campaign:
         final_opts = FitOptions(seed=self.settings.seed, n_starts=1)
         reports = []
         final_clock = 0
+        final_fits: dict[int, LawFit] = {}
         for m in sorted(front, key=lambda m: m.complexity):
-            row = self.store.candidate(m.id)
-            law = self._parse(row["formula"], self.task.symbols, check_typos=False)
-            fit = fit_law(law, self.protocol.train, self.task.targets, _specs_from_json(row["constant_specs"]),
-                          recipe_options(final_opts, row["recipe"] or "linear"), warm=self._search_fit(row, law))
+            row, law, fit = self._final_fit(m.id, final_opts)
+            final_fits[m.id] = fit
             final_clock += fit.stopped_by_clock > 0
             t = score(test.Y, fit.predict(test))
             self.store.add_final(m.id, "best" if m.id == best.id else "pareto", constants_json(fit),
@@ -824,6 +824,9 @@ class Campaign:
             reports.append(self._law_report(row, law, fit, t))
         human = self._human_report(test)
         best_report = next(r for r in reports if r["id"] == best.id)
+        close_call = self._close_call(best, everyone, final_fits, final_opts)
+        if close_call.warning():
+            self._warn(close_call.warning())
         meta = self.store.meta()
         result = {
             "task": self.task.name,
@@ -833,6 +836,7 @@ class Campaign:
             "clock": self._clock_note(final_clock) or None,  # CLOCK_NOTE when a time limit decided anything
             "best": best_report,
             "pareto_front": reports,
+            "close_call": close_call.as_dict(),
             "human": human,
             "candidates_evaluated": self.progress.evaluated,
             "candidates_rejected": self.progress.rejected,
@@ -856,6 +860,32 @@ class Campaign:
         self.progress.clock = result["clock"] or ""
         self.on_progress(self.progress)
         return result
+
+    def _final_fit(self, member_id: int, opts: FitOptions) -> tuple[sqlite3.Row, Law, LawFit]:
+        """A candidate refit on all of train, from the constants it was validated with."""
+        row = self.store.candidate(member_id)
+        law = self._parse(row["formula"], self.task.symbols, check_typos=False)
+        fit = fit_law(law, self.protocol.train, self.task.targets, _specs_from_json(row["constant_specs"]),
+                      recipe_options(opts, row["recipe"] or "linear"), warm=self._search_fit(row, law))
+        return row, law, fit
+
+    def _close_call(self, best: Member, everyone: list[Member], fits: dict[int, LawFit],
+                    opts: FitOptions) -> CloseCall:
+        """The laws as good as the best by the selection score, and how far apart they predict a step beyond
+        train (see discovery.search.close_calls); reported, never used to pick."""
+        rivals = contenders(best, everyone)
+        entries, compared = [], [fits[best.id]]
+        for m in rivals:
+            if m.id in fits:
+                row, fit = self.store.candidate(m.id), fits[m.id]
+            else:
+                row, _, fit = self._final_fit(m.id, opts)
+            compared.append(fit)
+            entries.append({"id": m.id, "formula": row["formula"], "selection_nmse": m.val_nmse,
+                            "validation_r2": row["val_r2"], "complexity": m.complexity})
+        axes = [i for i, v in enumerate(self.task.variables) if v.column in self.task.split.axes()]
+        return CloseCall(entries, spread_beyond(compared, self.protocol.train, axes) if rivals else None,
+                         [self.task.variables[i].symbol for i in axes])
 
     def _llm_summary(self) -> dict:
         """LLM usage of the whole run, with its failures and retries; warns when a mixed run never heard back."""

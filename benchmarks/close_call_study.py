@@ -1,0 +1,108 @@
+"""Does a run's close-call warning flag the runs whose reported law the data did not decide? Nested runs only.
+
+    D=results/quality/main-nested
+    KEPLER_TASKS_DIR=$D/nested/tasks KEPLER_DATA_DIR=$D/nested/data python benchmarks/close_call_study.py $D
+
+Give it the directory of a finished `benchmarks/discovery_quality.py --nested` run: every campaign there saw
+only train rows, and its "test" split is the validation slice a real campaign selects on, so nothing here reads
+a real test split. For each run, the best law and its contenders (discovery.search.close_calls.contenders, from
+the stored selection scores, as the campaign ranks them) are refit on all of (nested) train, as the campaign's
+final report does; their spread a step beyond train (spread_beyond) is set beside what their nested test R²
+says: the spread of those R² and the regret (the best contender's R² above the reported law's). A warning that
+works flags the runs with regret and leaves the others alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
+from discovery.laws.law import parse_law  # noqa: E402
+from discovery.search.close_calls import SPREAD_LIMIT, contenders, spread_beyond  # noqa: E402
+from discovery.search.population import Member  # noqa: E402
+from discovery.search.selection import combine  # noqa: E402
+from discovery.search.store import Store  # noqa: E402
+from discovery.tasks.data import load_frame  # noqa: E402
+from discovery.tasks.spec import load_task  # noqa: E402
+from discovery.tasks.values import ConstantSpec  # noqa: E402
+from evaluators.metrics import score  # noqa: E402
+from evaluators.protocol import Protocol  # noqa: E402
+
+
+def _refit(row, task, protocol: Protocol, seed: int) -> LawFit:
+    """A stored candidate refit on all of (nested) train from its validated constants, as Campaign.finish does."""
+    law = parse_law(row["formula"], task.symbols)
+    warm = {}
+    for key, consts in json.loads(row["fitted"] or "{}").items():
+        group, t = key.rsplit("|", 1)
+        warm[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
+    specs = None if not row["constant_specs"] else {k: ConstantSpec.model_validate(v)
+                                                    for k, v in json.loads(row["constant_specs"]).items()}
+    return fit_law(law, protocol.train, task.targets, specs,
+                   recipe_options(FitOptions(seed=seed, n_starts=1), row["recipe"] or "linear"),
+                   warm=LawFit(law, task.targets, warm))
+
+
+def study_run(run_dir: Path) -> dict | None:
+    store = Store(run_dir / "campaign.sqlite", readonly=True)
+    meta = store.meta()
+    if meta.get("status") != "finished":
+        return None
+    settings = meta["settings"]
+    task = load_task(settings["task"])
+    protocol = Protocol(task, load_frame(task))
+    members = []
+    for r in store.candidates():
+        if r["status"] in ("evaluated", "failed") and r["val_nmse"] is not None:
+            folds = json.loads(r["fold_nmse"]) if r["fold_nmse"] else []
+            nmse = combine([float(r["val_nmse"]), *folds], settings.get("selection_rule", "mean")) if folds \
+                else float(r["val_nmse"])
+            members.append(Member(int(r["id"]), r["canonical_hash"], nmse, int(r["complexity"]),
+                                  shape_ok=not r["shape"]))
+    best = min(members, key=lambda m: m.rank)
+    laws = [best, *contenders(best, members)]
+    fits = [_refit(store.candidate(m.id), task, protocol, settings["seed"]) for m in laws]
+    store.db.close()
+    axes = [i for i, v in enumerate(task.variables) if v.column in task.split.axes()]
+    test = protocol.final_test(purpose="close-call study: nested test = the real validation slice")
+    r2 = [max(-1.0, score(test.Y, f.predict(test)).r2) if f.ok else -1.0 for f in fits]
+    r2 = [x if math.isfinite(x) else -1.0 for x in r2]
+    spread = spread_beyond(fits, protocol.train, axes) if len(fits) > 1 else None
+    return {"task": task.name.removesuffix("_nested"), "seed": settings["seed"], "contenders": len(laws) - 1,
+            "spread_sd": spread, "flagged": spread is not None and spread > SPREAD_LIMIT,
+            "r2_spread": max(r2) - min(r2), "regret": max(r2) - r2[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path, help="a nested discovery_quality directory")
+    args = ap.parse_args()
+    runs = sorted(p.parent for p in args.root.rglob("campaign.sqlite"))
+    rows = [r for r in (study_run(p) for p in runs) if r is not None]
+    print("| task | seed | contenders | spread (sd) | flagged | nested-test R² spread | regret |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        spread = "–" if r["spread_sd"] is None else f"{r['spread_sd']:.3g}"
+        print(f"| {r['task']} | {r['seed']} | {r['contenders']} | {spread} | {'yes' if r['flagged'] else ''} | "
+              f"{r['r2_spread']:.3f} | {r['regret']:.3f} |")
+    flagged = [r for r in rows if r["flagged"]]
+    quiet = [r for r in rows if not r["flagged"]]
+    rho = spearmanr([r["spread_sd"] or 0.0 for r in rows], [r["r2_spread"] for r in rows]).statistic
+    print(f"\n{len(rows)} runs; Spearman(spread, nested-test R² spread) = {rho:.2f}")
+    for name, part in (("flagged", flagged), ("not flagged", quiet)):
+        if part:
+            print(f"{name}: {len(part)} runs, regret mean {statistics.fmean(r['regret'] for r in part):.3f}, "
+                  f"max {max(r['regret'] for r in part):.3f}")
+
+
+if __name__ == "__main__":
+    main()

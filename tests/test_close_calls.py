@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from discovery.laws.law import parse_law
 from discovery.search.campaign import Campaign, CampaignSettings
 from discovery.search.close_calls import CLOSE_MARGIN, SPREAD_LIMIT, CloseCall, contenders, spread_beyond
 from discovery.search.population import Member
+from discovery.search.sweep import Sweep, make_sweep_settings
 from discovery.tasks.data import load_frame
 from discovery.tasks.spec import load_task
 from evaluators.protocol import Protocol
@@ -116,3 +118,27 @@ def test_the_report_lists_the_contenders_of_an_undecided_run_and_says_nothing_of
     (run / "best.json").write_text(json.dumps(best))
     assert main(["report", str(run), "--bootstrap", "0", "--out", str(tmp_path / "c")]) == 0
     assert "## Close call" not in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_a_sweep_counts_its_close_calls_per_task_and_resumes_a_sweep_made_before_the_column(tmp_path):
+    sweep = Sweep.create(make_sweep_settings(tasks="moe_scaling_law", seeds="0-1", generations=4,
+                                             executor="serial"), tmp_path / "s")
+    try:
+        (row,) = sweep.run()
+    finally:
+        sweep.close()
+    warned = [not json.loads((tmp_path / "s" / "moe_scaling_law" / f"offline-seed{seed}" / "best.json")
+                             .read_text())["close_call"]["decided"] for seed in (0, 1)]
+    assert row["close_calls"] == f"{sum(warned)}/2"
+    md = (tmp_path / "s" / "sweep_table.md").read_text()
+    assert "| close calls |" in md and f"| {sum(warned)}/2 |" in md
+    # a sweep made before the column: it resumes, and runs it knew nothing of count as unknown
+    con = sqlite3.connect(tmp_path / "s" / "sweep.sqlite")
+    con.execute("ALTER TABLE runs DROP COLUMN close_call")
+    con.commit()
+    con.close()
+    old = Sweep.resume(tmp_path / "s")
+    try:
+        assert old.table()[0]["close_calls"] is None
+    finally:
+        old.close()

@@ -46,13 +46,13 @@ def _final_table(sweep, rows: list[dict]) -> Table:
     table = Table(title=f"Sweep {sweep.dir}: test R² of the best law, mean ± sd over seeds "
                         f"{','.join(map(str, sweep.settings.seeds))}")
     for col in ("task", "proposer", "runs", "R² test best law", "R² test human law (Kepler fit)", "best law (seed)",
-                "search s (max)", "peak MB (max)"):
+                "close calls", "search s (max)", "peak MB (max)"):
         table.add_column(col, overflow="fold")
     for r in rows:
         human = f"{fmt(r['human_test_r2'])} ({r['human_law']})" if r["human_law"] else "–"
         law = f"{r['best_law']} ({r['best_law_seed']})" if r["best_law"] else "–"
         table.add_row(r["task"], r["proposer"], f"{r['runs_finished']}/{r['runs']}", mean_sd(r), human, law,
-                      fmt(r["wall_seconds_max"], 0), fmt(r["peak_rss_mb_max"], 0))
+                      r["close_calls"] or "–", fmt(r["wall_seconds_max"], 0), fmt(r["peak_rss_mb_max"], 0))
     return table
 
 

@@ -259,6 +259,8 @@ def summarize(result: dict) -> dict:
         "evaluated": result.get("candidates_evaluated", 0),
         "wall_seconds": result.get("wall_seconds"),
         "stop_reason": result.get("stop_reason"),
+        # 1 when the run warned that laws as good as its best part from it beyond train (close_calls)
+        "close_call": None if "close_call" not in result else int(not result["close_call"]["decided"]),
     }
 
 
@@ -282,11 +284,13 @@ CREATE TABLE IF NOT EXISTS runs (
     evaluated INTEGER, wall_seconds REAL, stop_reason TEXT, error TEXT,
     updated_at REAL NOT NULL,
     peak_rss_mb REAL,                  -- the campaign's peak memory, when it ran in a process of its own
+    close_call INTEGER,                -- 1: the run warned of a close call (discovery.search.close_calls)
     PRIMARY KEY (task, seed, proposer)
 );
 """
 RESULT_FIELDS = ("best_formula", "best_val_r2", "best_test_r2", "human_law", "human_test_r2", "evaluated",
-                 "wall_seconds", "stop_reason", "peak_rss_mb")
+                 "wall_seconds", "stop_reason", "peak_rss_mb", "close_call")
+ADDED_COLUMNS = {"peak_rss_mb": "REAL", "close_call": "INTEGER"}  # columns a sweep made before them lacks
 
 
 @dataclass
@@ -313,8 +317,10 @@ class Sweep:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
-        if "peak_rss_mb" not in {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}:  # a sweep made before it
-            self.db.execute("ALTER TABLE runs ADD COLUMN peak_rss_mb REAL")
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
         self._lock = threading.Lock()
         self._session_start = time.time()
         self._started_mono = time.monotonic()
@@ -550,6 +556,7 @@ class Sweep:
                 "human_test_r2": _mean(human),
                 "wall_seconds_max": _max([r["wall_seconds"] for r in done]),
                 "peak_rss_mb_max": _max([r["peak_rss_mb"] for r in done]),
+                "close_calls": _close_calls(done),
             })
         return out
 
@@ -572,6 +579,12 @@ def _store_best(db: Path) -> tuple[float | None, str | None]:
     except sqlite3.Error:
         return None, None
     return (float(row[0]), row[1]) if row else (None, None)
+
+
+def _close_calls(done: list) -> str | None:
+    """'k/n': how many of the finished runs warned of a close call; None when none of them could say."""
+    known = [r["close_call"] for r in done if r["close_call"] is not None]
+    return f"{sum(known)}/{len(known)}" if known else None
 
 
 def _max(xs: list[float | None]) -> float | None:
@@ -611,15 +624,18 @@ def to_markdown(table: list[dict], settings: SweepSettings) -> str:
         "mean ± sd over seeds. Human law: the task's published form, constants fitted by Kepler on all of train.",
         "",
         "Search s and peak MB: the longest run's search (proposing and fitting) and the largest run's peak memory "
-        "(– where a run shared its process with others: Dask, or the serial executor).",
+        "(– where a run shared its process with others: Dask, or the serial executor). Close calls: runs that "
+        "warned that laws as good as their best on selection part from it beyond train, so another seed may "
+        "report another law.",
         "",
         "| task | proposer | runs | R² test, best law (mean ± sd) | R² test, human law (Kepler fit) | "
-        "best law (seed) | search s (max) | peak MB (max) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "best law (seed) | close calls | search s (max) | peak MB (max) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in table:
         law = f"`{r['best_law']}` ({r['best_law_seed']})" if r["best_law"] else "–"
         human = f"{fmt(r['human_test_r2'])} ({r['human_law']})" if r["human_law"] else "–"
         lines.append(f"| {r['task']} | {r['proposer']} | {r['runs_finished']}/{r['runs']} | {mean_sd(r)} | "
-                     f"{human} | {law} | {fmt(r.get('wall_seconds_max'), 0)} | {fmt(r.get('peak_rss_mb_max'), 0)} |")
+                     f"{human} | {law} | {r.get('close_calls') or '–'} | {fmt(r.get('wall_seconds_max'), 0)} | "
+                     f"{fmt(r.get('peak_rss_mb_max'), 0)} |")
     return "\n".join(lines) + "\n"

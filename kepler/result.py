@@ -161,6 +161,18 @@ class Result:
     def warnings(self) -> list[str]:
         return list(self.raw.get("warnings") or [])
 
+    @property
+    def close_call(self) -> bool:
+        """True when laws as good as the best on selection part from it beyond train, so another seed may report
+        one of them (discovery.search.close_calls); they are in `.contenders_`, and `.law(id)` gives each."""
+        return not (self.raw.get("close_call") or {}).get("decided", True)
+
+    @property
+    def contenders_(self) -> pd.DataFrame:
+        """The laws within the close-call margin of the best on selection, closest first (empty when none)."""
+        rows = (self.raw.get("close_call") or {}).get("contenders", [])
+        return pd.DataFrame(rows, columns=["id", "formula", "selection_nmse", "validation_r2", "complexity"])
+
     def __repr__(self) -> str:
         b = self.raw["best"]
         return (f"<kepler.Result {self.task} in {self.run_dir}: best {b['formula']!r}, validation R² "

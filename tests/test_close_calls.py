@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import kepler
 from discovery.cli import main
 from discovery.laws.fit import FitOptions, fit_law
 from discovery.laws.law import parse_law
@@ -142,3 +143,14 @@ def test_a_sweep_counts_its_close_calls_per_task_and_resumes_a_sweep_made_before
         assert old.table()[0]["close_calls"] is None
     finally:
         old.close()
+
+
+def test_the_python_api_names_the_contenders_and_gives_each_as_a_law(moe_run):
+    run, result = moe_run
+    loaded = kepler.load_run(run)
+    assert loaded.close_call == (not result["close_call"]["decided"])
+    contenders = loaded.contenders_
+    assert list(contenders["id"]) == [c["id"] for c in result["close_call"]["contenders"]]
+    rival = loaded.law(int(contenders["id"].iloc[0]))
+    assert rival.formula == contenders["formula"].iloc[0]
+    assert rival.scores["test"]["r2"] is not None  # refit on all of train and scored, as the best law is

@@ -31,16 +31,16 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
+from discovery.laws.fit import FitOptions, LawFit, fit_law, recipe_options  # noqa: E402
 from discovery.laws.law import parse_law  # noqa: E402
 from discovery.laws.shape import along  # noqa: E402
 from discovery.search.close_calls import SPREAD_LIMIT, beyond, contenders, spread_beyond  # noqa: E402
+from discovery.search.executors import stored_fit, stored_specs  # noqa: E402
 from discovery.search.population import Member  # noqa: E402
 from discovery.search.selection import combine  # noqa: E402
 from discovery.search.store import Store  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
 from discovery.tasks.spec import load_task  # noqa: E402
-from discovery.tasks.values import ConstantSpec  # noqa: E402
 from evaluators.metrics import score  # noqa: E402
 from evaluators.protocol import Protocol  # noqa: E402
 
@@ -48,15 +48,9 @@ from evaluators.protocol import Protocol  # noqa: E402
 def _refit(row, task, protocol: Protocol, seed: int) -> LawFit:
     """A stored candidate refit on all of (nested) train from its validated constants, as Campaign.finish does."""
     law = parse_law(row["formula"], task.symbols)
-    warm = {}
-    for key, consts in json.loads(row["fitted"] or "{}").items():
-        group, t = key.rsplit("|", 1)
-        warm[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
-    specs = None if not row["constant_specs"] else {k: ConstantSpec.model_validate(v)
-                                                    for k, v in json.loads(row["constant_specs"]).items()}
-    return fit_law(law, protocol.train, task.targets, specs,
+    return fit_law(law, protocol.train, task.targets, stored_specs(row["constant_specs"]),
                    recipe_options(FitOptions(seed=seed, n_starts=1), row["recipe"] or "linear"),
-                   warm=LawFit(law, task.targets, warm))
+                   warm=stored_fit(row["fitted"], law, task.targets))
 
 
 def consensus(fits: list[LawFit], seen, axes: list[int]) -> int:

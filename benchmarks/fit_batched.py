@@ -60,7 +60,8 @@ def quality(task_name: str, store_path: Path, n_candidates: int, seed: int, fitt
     """Both fitters on the first evaluated candidates of the trf run, with the campaign's search options."""
     from discovery.laws.cache import parse_cached
     from discovery.laws.fit import RECIPES, fit_law, recipe_options
-    from discovery.search.campaign import Campaign, CampaignSettings, _specs_from_json
+    from discovery.search.campaign import Campaign, CampaignSettings
+    from discovery.search.executors import stored_specs
     from discovery.tasks.data import load_frame
     from discovery.tasks.spec import load_task
     from evaluators.protocol import Protocol
@@ -78,7 +79,7 @@ def quality(task_name: str, store_path: Path, n_candidates: int, seed: int, fitt
     only = {"trf_only_ok": 0, "other_only_ok": 0, "both_failed": 0}
     for row in rows:
         law = parse_cached(row["formula"], task.symbols, check_typos=False)
-        specs = _specs_from_json(row["constant_specs"])
+        specs = stored_specs(row["constant_specs"])
         for recipe in settings.fit_recipes:
             if RECIPES[recipe].get("log_residuals") and not positive:
                 continue

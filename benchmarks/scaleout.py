@@ -95,8 +95,8 @@ def compare_sweeps(a: Path, b: Path) -> tuple[bool, list[str]]:
 
 def fit_jobs(run_dir: Path):
     """The FitJobs a campaign sent to its executor, rebuilt from its store (evaluated and failed candidates)."""
-    from discovery.search.campaign import Campaign, _specs_from_json
-    from discovery.search.executors import FitJob
+    from discovery.search.campaign import Campaign
+    from discovery.search.executors import FitJob, stored_specs
 
     campaign = Campaign.resume(run_dir)
     try:
@@ -104,7 +104,7 @@ def fit_jobs(run_dir: Path):
         generations: dict[int, list] = {}
         for r in rows:
             generations.setdefault(r["generation"], []).append(
-                FitJob(r["formula"], _specs_from_json(r["constant_specs"]), campaign.fit_opts,
+                FitJob(r["formula"], stored_specs(r["constant_specs"]), campaign.fit_opts,
                        campaign.settings.fit_time_limit, tuple(campaign.settings.fit_recipes)))
         return campaign._fit_data, [generations[g] for g in sorted(generations)]
     finally:

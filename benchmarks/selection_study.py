@@ -33,30 +33,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options  # noqa: E402
+from discovery.laws.fit import FitOptions, LawFit, fit_law, recipe_options  # noqa: E402
 from discovery.laws.law import parse_law  # noqa: E402
 from discovery.laws.shape import GROUP_SHARE, TOLERANCE, along, shape_of  # noqa: E402
 from discovery.search.close_calls import beyond  # noqa: E402
+from discovery.search.executors import stored_fit, stored_specs  # noqa: E402
 from discovery.search.population import PARSIMONY  # noqa: E402
 from discovery.search.selection import combine, fold_fits  # noqa: E402
 from discovery.tasks.data import load_frame  # noqa: E402
 from discovery.tasks.dataset import Dataset  # noqa: E402
 from discovery.tasks.spec import load_task  # noqa: E402
-from discovery.tasks.values import ConstantSpec  # noqa: E402
 from evaluators.metrics import score  # noqa: E402
 from evaluators.protocol import Protocol  # noqa: E402
-
-
-def _specs(raw: str | None) -> dict[str, ConstantSpec] | None:
-    return None if not raw else {k: ConstantSpec.model_validate(v) for k, v in json.loads(raw).items()}
-
-
-def _warm(law, fitted: str | None, targets: list[str]) -> LawFit:
-    fits = {}
-    for key, consts in json.loads(fitted or "{}").items():
-        group, t = key.rsplit("|", 1)
-        fits[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
-    return LawFit(law, targets, fits)
 
 
 def disagreement(small: LawFit, large: LawFit, seen: Dataset, axes: list[int]) -> float:
@@ -146,11 +134,11 @@ def study_run(run_dir: Path, top: int, n_folds: int, cache: dict) -> dict | None
         key = f"{run_dir}|{r['id']}|{n_folds}"
         if "disagreement_folds" not in cache.get(key, {}):  # (cached before the fold-fit agreement rule: refit)
             law = parse_law(r["formula"], task.symbols)
-            specs = _specs(r["constant_specs"])
+            specs = stored_specs(r["constant_specs"])
             recipe = r["recipe"] or "linear"
             scored = fold_fits(law, specs, recipe, folds[1:], task.targets, opts, total_time_limit=60.0)
             extra = [nmse for nmse, _ in scored]
-            warm = _warm(law, r["constants"], task.targets)
+            warm = stored_fit(r["constants"], law, task.targets)
             fit = fit_law(law, protocol.train, task.targets, specs, recipe_options(final, recipe), warm=warm)
             far = shape_of(warm, Dataset.concat(protocol.fit_part, protocol.validation), task.shape_priors(),
                            far_field=True) if task.shape_priors() else None

@@ -12,7 +12,8 @@ import pytest
 
 from discovery.laws.fit import FitOptions, fit_law, recipe_options
 from discovery.laws.law import parse_law
-from discovery.search.campaign import Campaign, CampaignSettings, _specs_from_json
+from discovery.search.campaign import Campaign, CampaignSettings
+from discovery.search.executors import stored_specs
 from discovery.tasks.data import load_frame
 from discovery.tasks.spec import load_task
 from discovery.tasks.values import ConstantSpec
@@ -99,7 +100,7 @@ def test_campaign_with_another_fitter_stores_its_fits(tmp_path, fitter):
         law = parse_law(row["formula"], task.symbols).with_engine("symengine")
         stored = json.loads(row["constants"])
         assert len(stored) == 2  # one set per group
-        fits = {f: fit_law(law, protocol.fit_part, task.targets, _specs_from_json(row["constant_specs"]),
+        fits = {f: fit_law(law, protocol.fit_part, task.targets, stored_specs(row["constant_specs"]),
                            recipe_options(replace(opts, fitter=f), row["recipe"])) for f in (fitter, "trf")}
         again = {f"{g}|{t}": dict(zip(law.constant_names, map(float, gf.theta), strict=True))
                  for (g, t), gf in fits[fitter].fits.items()}

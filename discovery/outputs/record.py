@@ -19,6 +19,7 @@ from discovery.laws.fit import RECIPES, FitOptions, GroupFit, LawFit, fit_law, r
 from discovery.laws.law import Law, parse_law
 from discovery.laws.uncertainty import Bootstrap, BootstrapOptions, summary
 from discovery.outputs.cache import cached_bootstrap
+from discovery.search.executors import stored_specs
 from discovery.tasks.data import load_frame
 from discovery.tasks.dataset import Dataset
 from discovery.tasks.spec import Task, load_task
@@ -77,12 +78,6 @@ class LawRecord:
 
     def predict(self, data: Dataset) -> np.ndarray:
         return self.law_fit().predict(data)
-
-
-def _specs(raw: str | None) -> dict[str, ConstantSpec] | None:
-    if not raw:
-        return None
-    return {k: ConstantSpec.model_validate(v) for k, v in json.loads(raw).items()}
 
 
 def _theta(law: Law, stored: dict) -> dict[Key, np.ndarray]:
@@ -156,7 +151,7 @@ def record_from_run(run_dir: Path, candidate: int | None = None, protocol: Proto
     law = parse_law(row["formula"], task.symbols, check_typos=False)
     seed = int(meta.get("seed", best.get("seed", 0)))
     opts = final_options(seed, recipe)
-    specs = _specs(row["constant_specs"])
+    specs = stored_specs(row["constant_specs"])
     protocol = protocol or Protocol(task, load_frame(task))
     if final is not None:
         constants, role = _theta(law, json.loads(final["constants"])), final["role"]

@@ -26,13 +26,22 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from discovery.laws.cache import parse_cached
-from discovery.laws.fit import FitOptions, GroupFit, LawFit, fit_law, recipe_options
+from discovery.laws.fit import FitOptions, LawFit, fit_law, recipe_options
 from discovery.laws.guard import bounded
 from discovery.laws.identifiability import redundant_constants, screening_rows
 from discovery.laws.law import Law, LawError, parse_law
 from discovery.laws.shape import SHAPE_KEPT, shape_of
 from discovery.search.close_calls import CloseCall, contenders, spread_beyond
-from discovery.search.executors import FitData, FitJob, FitOutcome, OutOfTime, constants_json, make_executor
+from discovery.search.executors import (
+    FitData,
+    FitJob,
+    FitOutcome,
+    OutOfTime,
+    constants_json,
+    make_executor,
+    stored_fit,
+    stored_specs,
+)
 from discovery.search.population import Member, Population, pareto_front
 from discovery.search.proposers.accounting import DEFAULT_PRICES, find_price, unknown_price_message
 from discovery.search.proposers.base import (
@@ -242,12 +251,6 @@ def _seed_for(*parts: int) -> int:
 
 def _specs_json(specs: dict[str, ConstantSpec] | None) -> dict | None:
     return None if specs is None else {k: v.model_dump() for k, v in specs.items()}
-
-
-def _specs_from_json(raw: str | None) -> dict[str, ConstantSpec] | None:
-    if not raw:
-        return None
-    return {k: ConstantSpec.model_validate(v) for k, v in json.loads(raw).items()}
 
 
 def make_proposer(settings: CampaignSettings, task: Task) -> Proposer:
@@ -534,7 +537,7 @@ class Campaign:
         first = next(iter(fitted.values()), {})
         return Survivor(id=m.id, formula=row["formula"], canonical=row["canonical"] or "", complexity=m.complexity,
                         n_constants=row["n_constants"] or 0, val_r2=row["val_r2"], val_nmse=row["val_nmse"],
-                        constants=first, constant_specs=_specs_from_json(row["constant_specs"]), shape=row["shape"])
+                        constants=first, constant_specs=stored_specs(row["constant_specs"]), shape=row["shape"])
 
     def _contexts(self, gen: int, deadline: float | None = None) -> list[ProposalContext]:
         # Only what earlier generations produced: a resumed generation must see exactly what it saw first.
@@ -564,11 +567,7 @@ class Campaign:
 
     def _search_fit(self, row, law: Law) -> LawFit:
         """The constants a candidate was validated with (fitted on the fit part), from the store."""
-        fits = {}
-        for key, consts in json.loads(row["fitted"] or "{}").items():
-            group, t = key.rsplit("|", 1)
-            fits[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
-        return LawFit(law, self.task.targets, fits)
+        return stored_fit(row["fitted"], law, self.task.targets)
 
     # --- the loop -----------------------------------------------------------------------------
     def _restore(self) -> int:
@@ -825,8 +824,8 @@ class Campaign:
         human = self._human_report(test)
         best_report = next(r for r in reports if r["id"] == best.id)
         close_call = self._close_call(best, everyone, final_fits, final_opts)
-        if close_call.warning():
-            self._warn(close_call.warning())
+        if warning := close_call.warning():
+            self._warn(warning)
         meta = self.store.meta()
         result = {
             "task": self.task.name,
@@ -865,7 +864,7 @@ class Campaign:
         """A candidate refit on all of train, from the constants it was validated with."""
         row = self.store.candidate(member_id)
         law = self._parse(row["formula"], self.task.symbols, check_typos=False)
-        fit = fit_law(law, self.protocol.train, self.task.targets, _specs_from_json(row["constant_specs"]),
+        fit = fit_law(law, self.protocol.train, self.task.targets, stored_specs(row["constant_specs"]),
                       recipe_options(opts, row["recipe"] or "linear"), warm=self._search_fit(row, law))
         return row, law, fit
 

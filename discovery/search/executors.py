@@ -12,6 +12,7 @@ the campaign process.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -27,7 +28,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from discovery.laws.fit import RECIPES, FitOptions, LawFit, fit_law, recipe_options
+from discovery.laws.fit import RECIPES, FitOptions, GroupFit, LawFit, fit_law, recipe_options
 from discovery.laws.law import Law, parse_law
 from discovery.laws.shape import shape_of
 from discovery.search.selection import fold_nmse
@@ -92,6 +93,23 @@ def _remaining(deadline: float | None) -> float | None:
 def constants_json(fit: LawFit) -> dict:
     return {f"{g}|{t}": {c.name: float(v) for c, v in zip(fit.law.constants, gf.theta, strict=True)}
             for (g, t), gf in fit.fits.items()}
+
+
+def stored_specs(raw: str | None) -> dict[str, ConstantSpec] | None:
+    """A candidate's constant specs (bounds, initial values) from its `constant_specs` column."""
+    if not raw:
+        return None
+    return {k: ConstantSpec.model_validate(v) for k, v in json.loads(raw).items()}
+
+
+def stored_fit(fitted: str | None, law: Law, targets: list[str]) -> LawFit:
+    """The constants a candidate was validated with (its `fitted` column, fitted on the fit part), as a LawFit
+    a refit on more rows starts from (the inverse of constants_json)."""
+    fits = {}
+    for key, consts in json.loads(fitted or "{}").items():
+        group, t = key.rsplit("|", 1)
+        fits[(group, int(t))] = GroupFit(law.rename_constants(consts), "ok")
+    return LawFit(law, targets, fits)
 
 
 def run_fit(data: FitData, job: FitJob) -> FitOutcome:
